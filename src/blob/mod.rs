@@ -1,0 +1,46 @@
+//! Content bytes: the staging area where uploads land, and the stores reads come from.
+//!
+//! Uploads are streamed into a temp file under `staging/incoming/` while SHA-1 and SHA-256
+//! are computed ([`Staging::receive`]). When the metadata transaction commits the content,
+//! the temp file is hard-linked to `staging/objects/ab/cd/<sha1>` (if no copy is there yet)
+//! and then dropped: content is written once, and never rewritten in place.
+
+mod local;
+pub(crate) mod staging;
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use local::{is_sha1_hex, LocalStore};
+pub use staging::{StagedFile, Staging};
+
+use crate::meta::Content;
+
+/// A stream of content bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Errors of the content layer.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The body went over the configured upload limit; nothing was stored.
+    #[error("the upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The client's body stream failed (disconnect, malformed chunking).
+    #[error("reading the request body: {0}")]
+    Body(String),
+    /// A content row exists but its bytes are not where it says.
+    #[error("content {0} is missing from the store")]
+    Missing(String),
+    #[error("content store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where reads of committed content come from. The local store serves content kept on the
+/// staging disk; an object store serves content that was transferred there.
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Streams `len` bytes of the content starting at `offset`.
+    async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<ByteStream, BlobError>;
+}

@@ -1,0 +1,187 @@
+//! The staging area: uploads stream into temp files here while they are hashed.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sha1::Digest;
+
+use super::{BlobError, LocalStore};
+
+/// Chunks in flight between the request and the writer thread. Bounded so that a client
+/// faster than the disk waits instead of filling memory.
+const QUEUE: usize = 16;
+
+/// How often the writer asks the kernel to start writing back, so that the final fsync does
+/// not have to flush a whole large upload at once.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// `<root>/incoming` for uploads in progress, `<root>/objects` for committed content.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    incoming: PathBuf,
+    objects: LocalStore,
+}
+
+/// A fully received, fsynced upload with its hashes. The temp file is deleted when this is
+/// dropped, so an upload that fails or is refused leaves nothing behind.
+#[derive(Debug)]
+pub struct StagedFile {
+    path: PathBuf,
+    pub sha1: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl StagedFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Deletes a temp file on drop unless disarmed (the upload failed half-way).
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Staging {
+    /// Opens (creating if needed) the staging directory `root`.
+    pub fn open(root: &Path) -> std::io::Result<Staging> {
+        let incoming = root.join("incoming");
+        let objects = root.join("objects");
+        std::fs::create_dir_all(&incoming)?;
+        std::fs::create_dir_all(&objects)?;
+        Ok(Staging {
+            incoming,
+            objects: LocalStore::new(objects),
+        })
+    }
+
+    /// The committed content kept on this disk.
+    pub fn objects(&self) -> &LocalStore {
+        &self.objects
+    }
+
+    /// Streams `body` into a new temp file, computing SHA-1, SHA-256 and size on the way,
+    /// and fsyncs it. Over `limit` bytes the upload is refused with `TooLarge` and the temp
+    /// file removed. Memory use is bounded by the queue, whatever the body's size.
+    pub async fn receive<S, E>(&self, body: S, limit: Option<u64>) -> Result<StagedFile, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Display,
+    {
+        let path = self.incoming.join(format!("{}.part", crate::util::random_hex(12)));
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut guard = TempGuard(Some(path.clone()));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
+        let writer = tokio::task::spawn_blocking(move || write_and_hash(file, rx));
+        let mut size = 0u64;
+        let mut failure = None;
+        let mut body = std::pin::pin!(body);
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => {
+                    size += chunk.len() as u64;
+                    if let Some(limit) = limit.filter(|l| size > *l) {
+                        failure = Some(BlobError::TooLarge { limit });
+                        break;
+                    }
+                    if tx.send(chunk).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    failure = Some(BlobError::Body(e.to_string()));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| std::io::Error::other(format!("writer thread: {e}")))?;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        let (sha1, sha256, written) = written?;
+        debug_assert_eq!(written, size);
+        guard.0 = None;
+        Ok(StagedFile {
+            path,
+            sha1,
+            sha256,
+            size: written,
+        })
+    }
+
+    /// Removes temp files of uploads that stopped (a crash, a killed client) more than
+    /// `min_age` ago. An upload in progress keeps its file's mtime fresh.
+    pub fn sweep_incoming(&self, min_age: Duration) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.incoming)? {
+            let entry = entry?;
+            if older_than(&entry.path(), min_age) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether the file at `path` was last modified more than `age` ago.
+pub(crate) fn older_than(path: &Path, age: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().map(|e| e >= age).unwrap_or(false))
+        .unwrap_or(false)
+}
+
+type Hashed = std::io::Result<(String, String, u64)>;
+
+/// The writer thread: hashes and writes each chunk, then fsyncs.
+fn write_and_hash(mut file: std::fs::File, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Hashed {
+    let mut sha1 = sha1::Sha1::new();
+    let mut sha256 = sha2::Sha256::new();
+    let mut written = 0u64;
+    let mut flushed = 0u64;
+    while let Some(chunk) = rx.blocking_recv() {
+        sha1.update(&chunk);
+        sha256.update(&chunk);
+        file.write_all(&chunk)?;
+        written += chunk.len() as u64;
+        if written - flushed >= WRITEBACK_EVERY {
+            start_writeback(&file, flushed, written - flushed);
+            flushed = written;
+        }
+    }
+    file.sync_data()?;
+    Ok((hex::encode(sha1.finalize()), hex::encode(sha256.finalize()), written))
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call, and SYNC_FILE_RANGE_WRITE
+    // only starts asynchronous writeback of the given range; it touches no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}

@@ -1,0 +1,228 @@
+//! Command line: `serve`, `migrate`, `user ...`, `check-config`. This is the binary's edge,
+//! where errors become `anyhow` messages and an exit status.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use filestore::config::Config;
+use filestore::meta::{store_redact_url, MetaStore};
+use filestore::server::{self, Services};
+
+#[derive(Parser)]
+#[command(name = "filestore", version, about = "A cloud drive you can mount")]
+struct Cli {
+    /// Configuration file (TOML). Without one, the embedded default runs: SQLite and
+    /// local content under the data dir.
+    #[arg(short = 'c', long, env = "FILESTORE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory of the embedded default (overrides `data_dir`).
+    #[arg(long, env = "FILESTORE_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP API (seed routes and /api/v1).
+    Serve {
+        /// Address to listen on (overrides `server.listen`).
+        #[arg(long, env = "FILESTORE_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage accounts.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Print the effective configuration (secrets redacted) and exit.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account (works even when sign-up is disabled).
+    Add {
+        name: String,
+        /// Make the account an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a new password.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable an account and end its sessions.
+    Disable { name: String },
+    /// Enable a disabled account.
+    Enable { name: String },
+    /// List accounts.
+    List,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("filestore: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("filestore: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FILESTORE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // journald stamps and colours nothing itself: give it plain lines without our timestamps.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(cli: &Cli, listen: Option<&str>) -> Result<Config> {
+    let mut cfg = Config::load(cli.config.as_deref(), std::env::vars()).context("loading the configuration")?;
+    if let Some(d) = &cli.data_dir {
+        cfg.data_dir = d.display().to_string();
+    }
+    if let Some(l) = listen {
+        l.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("--listen `{l}` is not an address:port"))?;
+        cfg.server.listen = l.to_string();
+    }
+    Ok(cfg)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Serve { listen } => serve(load_config(&cli, listen.as_deref())?).await,
+        Cmd::Migrate => {
+            let cfg = load_config(&cli, None)?;
+            Services::open(&cfg).await?;
+            println!("database {} is up to date", store_redact_url(&cfg.database_url()));
+            Ok(())
+        }
+        Cmd::CheckConfig => {
+            let cfg = load_config(&cli, None)?;
+            print!("{}", cfg.to_toml());
+            Ok(())
+        }
+        Cmd::User { cmd } => user(load_config(&cli, None)?, cmd).await,
+    }
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let data_dir = cfg.data_dir();
+    let running = server::start(cfg).await?;
+    println!(
+        "filestore: data dir {}",
+        std::fs::canonicalize(&data_dir).unwrap_or(data_dir).display()
+    );
+    println!("filestore: serving http://{}/", running.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn user(cfg: Config, cmd: &UserCmd) -> Result<()> {
+    let services = Services::open(&cfg).await?;
+    let accounts = &services.accounts;
+    let meta: &MetaStore = &services.meta;
+    match cmd {
+        UserCmd::Add {
+            name,
+            admin,
+            password_stdin,
+        } => {
+            let password = read_password(*password_stdin, true)?;
+            accounts.create_user(name, &password, *admin).await?;
+            println!("created user {name}{}", if *admin { " (admin)" } else { "" });
+        }
+        UserCmd::Passwd { name, password_stdin } => {
+            let password = read_password(*password_stdin, true)?;
+            accounts.set_password(name, &password).await?;
+            println!("password of {name} changed");
+        }
+        UserCmd::Disable { name } => {
+            meta.set_user_disabled(name, true).await?;
+            println!("disabled {name}; their sessions ended");
+        }
+        UserCmd::Enable { name } => {
+            meta.set_user_disabled(name, false).await?;
+            println!("enabled {name}");
+        }
+        UserCmd::List => {
+            for u in meta.list_users().await? {
+                let flags = match (u.is_admin, u.disabled) {
+                    (true, true) => " admin disabled",
+                    (true, false) => " admin",
+                    (false, true) => " disabled",
+                    (false, false) => "",
+                };
+                println!("{}{flags}", u.name);
+            }
+        }
+    }
+    meta.close().await;
+    Ok(())
+}
+
+fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_string();
+        if pw.is_empty() {
+            bail!("no password on standard input");
+        }
+        return Ok(pw);
+    }
+    let pw = rpassword::prompt_password("Password: ").context("reading the password")?;
+    if confirm && rpassword::prompt_password("Repeat password: ").context("reading the password")? != pw {
+        bail!("the passwords differ");
+    }
+    Ok(pw)
+}

@@ -1,0 +1,230 @@
+//! The drive: per-user trees over the metadata store and the content store. Every protocol
+//! (seed API, JSON API, WebDAV, FUSE) goes through here.
+//!
+//! # What an upload leaves behind if the process dies
+//! 1. While the body streams in: a temp file in `staging/incoming/`, nothing in the
+//!    database. The stale sweep removes the temp file.
+//! 2. After the temp file is complete and fsynced, before the transaction: the same.
+//! 3. Inside the transaction, after the bytes are linked into `staging/objects/` and before
+//!    the commit: the transaction rolls back, so no row and no entry; the linked object is
+//!    an orphan that the stale sweep removes (it has no row).
+//! 4. After the commit: the entry is visible and complete; only the temp file is left,
+//!    and the sweep removes it.
+//!
+//! At no point is an entry visible whose bytes are not all stored and fsynced.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::blob::{BlobError, BlobStore, ByteStream, Staging};
+use crate::meta::{
+    CommitFile, Conflict, Content, DeleteStats, Entry, MetaError, MetaStore, NewContent, Overwrite, User,
+};
+use crate::names::{split_path, validate_name, NameError};
+use crate::util::failpoint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+pub type Result<T, E = DriveError> = std::result::Result<T, E>;
+
+/// Default permission bits of new entries.
+pub const FILE_MODE: i64 = 0o644;
+pub const DIR_MODE: i64 = 0o755;
+
+pub struct Drive {
+    meta: MetaStore,
+    staging: Staging,
+    blobs: Arc<dyn BlobStore>,
+    max_upload: Option<u64>,
+}
+
+/// Where an upload goes and what to do if the name is taken.
+#[derive(Debug, Clone)]
+pub struct UploadTarget {
+    pub parent: i64,
+    pub name: String,
+    pub conflict: Conflict,
+    pub mtime: Option<i64>,
+}
+
+impl Drive {
+    pub fn new(meta: MetaStore, staging: Staging, blobs: Arc<dyn BlobStore>, max_upload: Option<u64>) -> Arc<Self> {
+        Arc::new(Drive {
+            meta,
+            staging,
+            blobs,
+            max_upload,
+        })
+    }
+
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    pub fn staging(&self) -> &Staging {
+        &self.staging
+    }
+
+    pub fn max_upload(&self) -> Option<u64> {
+        self.max_upload
+    }
+
+    /// The entry at `path` (slash-separated, relative to the user's root).
+    pub async fn resolve(&self, user: &User, path: &str) -> Result<Entry> {
+        let mut cur = self.meta.root(user.id).await?;
+        for part in split_path(path)? {
+            if !cur.is_dir() {
+                return Err(MetaError::NotADirectory.into());
+            }
+            cur = self
+                .meta
+                .lookup(user.id, cur.id, part)
+                .await?
+                .ok_or(MetaError::NotFound)?;
+        }
+        Ok(cur)
+    }
+
+    /// The directory that holds `path`, and the last component of `path`.
+    pub async fn resolve_parent(&self, user: &User, path: &str) -> Result<(Entry, String)> {
+        let parts = split_path(path)?;
+        let (name, dirs) = parts.split_last().ok_or(NameError::Root)?;
+        let mut cur = self.meta.root(user.id).await?;
+        for part in dirs {
+            cur = self
+                .meta
+                .lookup(user.id, cur.id, part)
+                .await?
+                .ok_or(MetaError::NotFound)?;
+            if !cur.is_dir() {
+                return Err(MetaError::NotADirectory.into());
+            }
+        }
+        Ok((cur, name.to_string()))
+    }
+
+    /// Streams `body` into the store and commits it as a file entry. See the module docs
+    /// for what a crash at each step leaves behind.
+    pub async fn upload<S, E>(&self, user: &User, target: UploadTarget, body: S) -> Result<Entry>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        validate_name(&target.name)?;
+        // Fail before receiving possibly gigabytes if the destination cannot take them.
+        match self.meta.entry(user.id, target.parent).await? {
+            None => return Err(MetaError::NotFound.into()),
+            Some(p) if !p.is_dir() => return Err(MetaError::NotADirectory.into()),
+            Some(_) => {}
+        }
+        if target.conflict == Conflict::Fail && self.meta.lookup(user.id, target.parent, &target.name).await?.is_some()
+        {
+            return Err(MetaError::AlreadyExists.into());
+        }
+        let staged = self.staging.receive(body, self.max_upload).await?;
+        failpoint("upload.staged");
+        let req = CommitFile {
+            owner: user.id,
+            parent: target.parent,
+            name: target.name,
+            content: NewContent {
+                sha1: staged.sha1.clone(),
+                sha256: staged.sha256.clone(),
+                size: staged.size as i64,
+            },
+            conflict: target.conflict,
+            mode: FILE_MODE,
+            mtime: target.mtime,
+        };
+        let objects = self.staging.objects();
+        let place = |c: &Content| -> std::io::Result<()> {
+            if c.store == "local" {
+                objects.place(&c.sha1, staged.path())?;
+            }
+            failpoint("upload.placed");
+            Ok(())
+        };
+        let entry = self.meta.commit_file(&req, &place).await?;
+        failpoint("upload.committed");
+        tracing::debug!(user = %user.name, sha1 = %staged.sha1, size = staged.size, "upload committed");
+        Ok(entry)
+    }
+
+    pub async fn mkdir(&self, user: &User, parent: i64, name: &str) -> Result<Entry> {
+        validate_name(name)?;
+        Ok(self.meta.mkdir(user.id, parent, name, DIR_MODE).await?)
+    }
+
+    /// Creates the directory at `path`, and with `parents` any missing directory above it
+    /// (an existing directory at `path` is then not an error, like `mkdir -p`).
+    pub async fn mkdir_path(&self, user: &User, path: &str, parents: bool) -> Result<Entry> {
+        let parts = split_path(path)?;
+        if parts.is_empty() {
+            return Err(NameError::Root.into());
+        }
+        let mut cur = self.meta.root(user.id).await?;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            match self.meta.lookup(user.id, cur.id, part).await? {
+                Some(e) if e.is_dir() && (!last || parents) => cur = e,
+                Some(_) if last => return Err(MetaError::AlreadyExists.into()),
+                Some(_) => return Err(MetaError::NotADirectory.into()),
+                None if !last && !parents => return Err(MetaError::NotFound.into()),
+                None => {
+                    cur = match self.meta.mkdir(user.id, cur.id, part, DIR_MODE).await {
+                        // Created concurrently by someone else: fine for the parents.
+                        Err(MetaError::AlreadyExists) if parents => self
+                            .meta
+                            .lookup(user.id, cur.id, part)
+                            .await?
+                            .ok_or(MetaError::NotFound)?,
+                        other => other?,
+                    }
+                }
+            }
+        }
+        Ok(cur)
+    }
+
+    pub async fn list(&self, user: &User, dir: &Entry, after: &str, limit: i64) -> Result<Vec<Entry>> {
+        if !dir.is_dir() {
+            return Err(MetaError::NotADirectory.into());
+        }
+        Ok(self.meta.list(user.id, dir.id, after, limit).await?)
+    }
+
+    pub async fn rename(&self, user: &User, id: i64, parent: i64, name: &str, ow: Overwrite) -> Result<Entry> {
+        validate_name(name)?;
+        Ok(self.meta.rename(user.id, id, parent, name, ow).await?)
+    }
+
+    pub async fn copy(&self, user: &User, id: i64, parent: i64, name: &str, ow: Overwrite) -> Result<Entry> {
+        validate_name(name)?;
+        Ok(self.meta.copy(user.id, id, parent, name, ow).await?)
+    }
+
+    pub async fn delete(&self, user: &User, id: i64, recursive: bool) -> Result<DeleteStats> {
+        Ok(self.meta.delete(user.id, id, recursive).await?)
+    }
+
+    /// The content row of a file entry.
+    pub async fn content_of(&self, entry: &Entry) -> Result<Content> {
+        let sha1 = entry.sha1.as_deref().ok_or(MetaError::IsADirectory)?;
+        Ok(self.meta.content(sha1).await?.ok_or(MetaError::NotFound)?)
+    }
+
+    /// Streams `len` bytes of a content from `offset`.
+    pub async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<ByteStream> {
+        Ok(self.blobs.read(content, offset, len).await?)
+    }
+}

@@ -1,0 +1,132 @@
+//! The HTTP front door: the seed's routes (`seed.rs`), the JSON API (`v1.rs`), and what
+//! they share (state, authentication, errors, content serving).
+
+mod content;
+mod error;
+mod seed;
+mod tickets;
+mod v1;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, SeedError};
+pub use tickets::TicketKey;
+
+use crate::accounts::Accounts;
+use crate::config::Config;
+use crate::drive::Drive;
+use crate::meta::User;
+
+/// Largest JSON or form body accepted outside uploads.
+pub const SMALL_BODY: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub drive: Arc<Drive>,
+    pub accounts: Arc<Accounts>,
+    pub config: Arc<Config>,
+    pub tickets: TicketKey,
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .merge(seed::routes())
+        .nest("/api/v1", v1::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(TraceLayer::new_for_http())
+        // A panic is a bug; the client still gets a JSON 500 and the process stays up.
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            tracing::error!("request handler panicked");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        }))
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(concat!(
+        "<!doctype html><meta charset=utf-8><title>filestore</title>",
+        "<h1>filestore</h1><p>This server speaks the filestore JSON API ",
+        "(<a href=\"/api/v1/openapi.json\">OpenAPI</a>) and the seed API.</p>"
+    ))
+}
+
+/// The bearer token of a request: `Authorization: Bearer ...`.
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
+/// The client's address (the TCP peer).
+pub(crate) fn client_ip(parts: &Parts) -> std::net::IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// The signed-in user of a JSON API request (bearer token only: tokens do not belong in URLs).
+pub struct AuthUser(pub User);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| ApiError::from(crate::accounts::AuthError::InvalidToken))?;
+        Ok(AuthUser(state.accounts.authenticate(token).await?))
+    }
+}
+
+/// Refuses a body whose declared length is over the upload limit before reading any of it.
+pub(crate) fn check_declared_length(parts: &Parts, limit: Option<u64>) -> Result<(), ApiError> {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match (declared, limit) {
+        (Some(n), Some(l)) if n > l => Err(crate::blob::BlobError::TooLarge { limit: l }.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a small body whole, refusing more than [`SMALL_BODY`] bytes.
+pub(crate) async fn small_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, SMALL_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies here are limited to {SMALL_BODY} bytes"),
+        )
+    })
+}
+
+/// `Response` with a `Location`-free redirect to the web page (the seed's GET routes).
+pub(crate) fn to_web_page() -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, "/")]).into_response()
+}

@@ -1,0 +1,19 @@
+//! filestore: a cloud drive you can mount.
+//!
+//! Data flows one way: a protocol front end (`http`) calls the [`drive::Drive`], which
+//! keeps the per-user tree and content references in the [`meta::MetaStore`] and the bytes
+//! in the content store ([`blob`]).
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod accounts;
+pub mod blob;
+pub mod config;
+pub mod drive;
+pub mod gc;
+pub mod http;
+pub mod meta;
+pub mod names;
+pub mod ratelimit;
+pub mod server;
+pub mod util;

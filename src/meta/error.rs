@@ -1,0 +1,51 @@
+//! Errors of the metadata layer.
+
+/// What a metadata operation can fail with. The tree variants are the rules the store
+/// enforces inside its transactions; `Db` is everything the database itself reports.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("a directory cannot be moved or copied into itself")]
+    Cycle,
+    #[error("the root directory cannot be moved, copied or deleted")]
+    Root,
+    /// Same SHA-1, different SHA-256 or size: a crafted SHA-1 collision. Refused so that
+    /// it cannot poison the deduplicated copy.
+    #[error("content collides with stored content of the same SHA-1")]
+    Collision,
+    #[error("storing content bytes: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl MetaError {
+    /// A deadlock or serialisation failure: the whole transaction can simply run again.
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            MetaError::Db(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40001") | Some("1213") | Some("1205"))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Maps a unique-key violation to `AlreadyExists`, anything else to `Db`.
+pub(crate) fn unique(e: sqlx::Error) -> MetaError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => MetaError::AlreadyExists,
+        _ => MetaError::Db(e),
+    }
+}

@@ -1,0 +1,636 @@
+//! The per-user tree: lookups, listing, and the transactions that change it.
+//!
+//! Every query names the owner, so one user's ids are meaningless to another: an id that
+//! belongs to someone else is simply `NotFound`.
+
+use super::error::unique;
+use super::store::{entry_cols, file_cols, last_id, retry_txn, Conn};
+use super::types::EntryRow;
+use super::{
+    now_ms, CommitFile, Conflict, Content, DeleteStats, Dialect, Entry, EntryKind, MetaError, MetaStore, Overwrite,
+    PlaceFn,
+};
+
+/// Deletes and id lists are sent in batches of this many placeholders.
+const BATCH: usize = 500;
+
+impl MetaStore {
+    /// The user's root directory.
+    pub async fn root(&self, owner: i64) -> Result<Entry, MetaError> {
+        let sql = concat!(
+            "SELECT ",
+            entry_cols!(),
+            " FROM entries WHERE owner = ? AND parent IS NULL"
+        );
+        let row: Option<EntryRow> = sqlx::query_as(sql).bind(owner).fetch_optional(&self.pool).await?;
+        row.map(Entry::from).ok_or(MetaError::NotFound)
+    }
+
+    pub async fn entry(&self, owner: i64, id: i64) -> Result<Option<Entry>, MetaError> {
+        let mut c = self.pool.acquire().await?;
+        get(&mut c, owner, id).await
+    }
+
+    pub async fn lookup(&self, owner: i64, parent: i64, name: &str) -> Result<Option<Entry>, MetaError> {
+        let mut c = self.pool.acquire().await?;
+        find(&mut c, owner, parent, name).await
+    }
+
+    /// Children of a directory in byte order of their names, after `after` (exclusive),
+    /// at most `limit`. One query however large the directory.
+    pub async fn list(&self, owner: i64, parent: i64, after: &str, limit: i64) -> Result<Vec<Entry>, MetaError> {
+        let sql = concat!(
+            "SELECT ",
+            entry_cols!(),
+            " FROM entries WHERE owner = ? AND parent = ? AND name > ? ORDER BY name LIMIT ?"
+        );
+        let rows: Vec<EntryRow> = sqlx::query_as(sql)
+            .bind(owner)
+            .bind(parent)
+            .bind(after.as_bytes().to_vec())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Entry::from).collect())
+    }
+
+    /// The user's files anywhere in the tree, newest upload first.
+    pub async fn recent_files(&self, owner: i64, limit: i64) -> Result<Vec<Entry>, MetaError> {
+        let sql = concat!(
+            "SELECT ",
+            entry_cols!(),
+            " FROM entries WHERE owner = ? AND kind = ? ORDER BY created_at DESC, id DESC LIMIT ?"
+        );
+        let rows: Vec<EntryRow> = sqlx::query_as(sql)
+            .bind(owner)
+            .bind(EntryKind::File.code())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Entry::from).collect())
+    }
+
+    /// The user's most recently created file with this content: what the seed routes that
+    /// name a file only by hash act on.
+    pub async fn newest_with_content(&self, owner: i64, sha1: &str) -> Result<Option<Entry>, MetaError> {
+        let sql = concat!(
+            "SELECT ",
+            entry_cols!(),
+            " FROM entries WHERE owner = ? AND sha1 = ? AND kind = ? ORDER BY created_at DESC, id DESC LIMIT 1"
+        );
+        let row: Option<EntryRow> = sqlx::query_as(sql)
+            .bind(owner)
+            .bind(sha1)
+            .bind(EntryKind::File.code())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Entry::from))
+    }
+
+    /// The path of an entry from the user's root, `/` for the root itself.
+    pub async fn path_of(&self, owner: i64, id: i64) -> Result<String, MetaError> {
+        let sql = "WITH RECURSIVE up(id, parent, name, depth) AS ( \
+                     SELECT id, parent, name, 0 FROM entries WHERE id = ? AND owner = ? \
+                     UNION ALL \
+                     SELECT e.id, e.parent, e.name, up.depth + 1 FROM entries e JOIN up ON e.id = up.parent \
+                   ) SELECT name FROM up ORDER BY depth DESC";
+        let names: Vec<Vec<u8>> = sqlx::query_scalar(sql)
+            .bind(id)
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        if names.is_empty() {
+            return Err(MetaError::NotFound);
+        }
+        let mut path = String::new();
+        for n in names.iter().skip(1) {
+            path.push('/');
+            path.push_str(&String::from_utf8_lossy(n));
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        Ok(path)
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, owner: i64, parent: i64, name: &str, mode: i64) -> Result<Entry, MetaError> {
+        retry_txn!(self.try_mkdir(owner, parent, name, mode))
+    }
+
+    async fn try_mkdir(&self, owner: i64, parent: i64, name: &str, mode: i64) -> Result<Entry, MetaError> {
+        let _g = self.write_gate().await;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        dir(&mut tx, owner, parent).await?;
+        let id = insert(&mut tx, owner, parent, name, EntryKind::Dir, None, 0, mode, now, now).await?;
+        let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    /// Creates or replaces a file entry pointing at `req.content`, raising the content's
+    /// reference count (inserting its row if it is new) in the same transaction.
+    ///
+    /// `place` runs after every check has passed and before the commit, while the content
+    /// row is locked: it must make sure the bytes are in the store (a no-op when they
+    /// already are). If the process dies before the commit, nothing is visible; the bytes
+    /// `place` stored are an orphan that the staging sweep removes.
+    pub async fn commit_file(&self, req: &CommitFile, place: &PlaceFn<'_>) -> Result<Entry, MetaError> {
+        retry_txn!(self.try_commit_file(req, place))
+    }
+
+    async fn try_commit_file(&self, req: &CommitFile, place: &PlaceFn<'_>) -> Result<Entry, MetaError> {
+        let _g = self.write_gate().await;
+        let now = now_ms();
+        let mtime = req.mtime.unwrap_or(now);
+        let c = &req.content;
+        let mut tx = self.pool.begin().await?;
+        // The upsert is the first statement so that it takes the content row's lock before
+        // anything is read: a garbage collection of the same content cannot interleave.
+        let upsert = match self.dialect {
+            Dialect::Sqlite => {
+                "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?) \
+                 ON CONFLICT (sha1) DO UPDATE SET refcount = refcount + 1, zero_since = NULL"
+            }
+            Dialect::MySql => {
+                "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?) \
+                 ON DUPLICATE KEY UPDATE refcount = refcount + 1, zero_since = NULL"
+            }
+        };
+        sqlx::query(upsert)
+            .bind(&c.sha1)
+            .bind(&c.sha256)
+            .bind(c.size)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
+        let content: Content = sqlx::query_as(sql).bind(&c.sha1).fetch_one(&mut *tx).await?;
+        if content.sha256 != c.sha256 || content.size != c.size {
+            return Err(MetaError::Collision);
+        }
+        dir(&mut tx, req.owner, req.parent).await?;
+        let existing = find(&mut tx, req.owner, req.parent, &req.name).await?;
+        let id = match (existing, req.conflict) {
+            (None, _) => {
+                insert(
+                    &mut tx,
+                    req.owner,
+                    req.parent,
+                    &req.name,
+                    EntryKind::File,
+                    Some(&c.sha1),
+                    c.size,
+                    req.mode,
+                    now,
+                    mtime,
+                )
+                .await?
+            }
+            (Some(_), Conflict::Fail) => return Err(MetaError::AlreadyExists),
+            (Some(old), Conflict::Replace) => {
+                if old.is_dir() {
+                    return Err(MetaError::IsADirectory);
+                }
+                sqlx::query("UPDATE entries SET sha1 = ?, size = ?, mtime = ?, ctime = ? WHERE id = ?")
+                    .bind(&c.sha1)
+                    .bind(c.size)
+                    .bind(mtime)
+                    .bind(now)
+                    .bind(old.id)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(old_sha1) = &old.sha1 {
+                    decref(&mut tx, old_sha1, 1, now).await?;
+                }
+                old.id
+            }
+            (Some(_), Conflict::Rename) => {
+                let name = free_name(&mut tx, req.owner, req.parent, &req.name).await?;
+                insert(
+                    &mut tx,
+                    req.owner,
+                    req.parent,
+                    &name,
+                    EntryKind::File,
+                    Some(&c.sha1),
+                    c.size,
+                    req.mode,
+                    now,
+                    mtime,
+                )
+                .await?
+            }
+        };
+        let entry = get(&mut tx, req.owner, id).await?.ok_or(MetaError::NotFound)?;
+        place(&content)?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
+    /// Moves and/or renames an entry: one row update whatever its size or subtree.
+    pub async fn rename(
+        &self,
+        owner: i64,
+        id: i64,
+        new_parent: i64,
+        new_name: &str,
+        overwrite: Overwrite,
+    ) -> Result<Entry, MetaError> {
+        retry_txn!(self.try_rename(owner, id, new_parent, new_name, overwrite))
+    }
+
+    async fn try_rename(
+        &self,
+        owner: i64,
+        id: i64,
+        new_parent: i64,
+        new_name: &str,
+        overwrite: Overwrite,
+    ) -> Result<Entry, MetaError> {
+        let _g = self.write_gate().await;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // Lock the source row first (an UPDATE that changes nothing but ctime).
+        sqlx::query("UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL")
+            .bind(now)
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        let src = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
+        if src.parent.is_none() {
+            return Err(MetaError::Root);
+        }
+        dir(&mut tx, owner, new_parent).await?;
+        if src.is_dir() && is_within(&mut tx, owner, new_parent, src.id).await? {
+            return Err(MetaError::Cycle);
+        }
+        if let Some(dst) = find(&mut tx, owner, new_parent, new_name).await? {
+            if dst.id == src.id {
+                tx.commit().await?;
+                return Ok(src);
+            }
+            clear_destination(&mut tx, owner, &src, &dst, overwrite, now).await?;
+        }
+        sqlx::query("UPDATE entries SET parent = ?, name = ? WHERE id = ?")
+            .bind(new_parent)
+            .bind(new_name.as_bytes().to_vec())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unique)?;
+        let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    /// Copies an entry: new entries pointing at the same content (no bytes are copied).
+    /// A directory is copied with its whole subtree.
+    pub async fn copy(
+        &self,
+        owner: i64,
+        id: i64,
+        new_parent: i64,
+        new_name: &str,
+        overwrite: Overwrite,
+    ) -> Result<Entry, MetaError> {
+        retry_txn!(self.try_copy(owner, id, new_parent, new_name, overwrite))
+    }
+
+    async fn try_copy(
+        &self,
+        owner: i64,
+        id: i64,
+        new_parent: i64,
+        new_name: &str,
+        overwrite: Overwrite,
+    ) -> Result<Entry, MetaError> {
+        let _g = self.write_gate().await;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // Lock the destination directory first so concurrent copies into it serialise.
+        let res = sqlx::query("UPDATE entries SET mtime = mtime WHERE id = ? AND owner = ? AND kind = ?")
+            .bind(new_parent)
+            .bind(owner)
+            .bind(EntryKind::Dir.code())
+            .execute(&mut *tx)
+            .await?;
+        let src = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
+        if res.rows_affected() == 0 {
+            dir(&mut tx, owner, new_parent).await?;
+        }
+        if src.parent.is_none() {
+            return Err(MetaError::Root);
+        }
+        if src.is_dir() && is_within(&mut tx, owner, new_parent, src.id).await? {
+            return Err(MetaError::Cycle);
+        }
+        if let Some(dst) = find(&mut tx, owner, new_parent, new_name).await? {
+            if dst.id == src.id {
+                return Err(MetaError::AlreadyExists);
+            }
+            clear_destination(&mut tx, owner, &src, &dst, overwrite, now).await?;
+        }
+        let new_id = copy_one(&mut tx, &src, new_parent, new_name, now).await?;
+        if src.is_dir() {
+            // Breadth-first over the source subtree; each level is one query per directory.
+            let mut queue = vec![(src.id, new_id)];
+            while let Some((from, to)) = queue.pop() {
+                let sql = concat!("SELECT ", entry_cols!(), " FROM entries WHERE owner = ? AND parent = ?");
+                let children: Vec<EntryRow> = sqlx::query_as(sql).bind(owner).bind(from).fetch_all(&mut *tx).await?;
+                for child in children.into_iter().map(Entry::from) {
+                    let cid = copy_one(&mut tx, &child, to, &child.name, now).await?;
+                    if child.is_dir() {
+                        queue.push((child.id, cid));
+                    }
+                }
+            }
+        }
+        let e = get(&mut tx, owner, new_id).await?.ok_or(MetaError::NotFound)?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    /// Deletes an entry. A non-empty directory needs `recursive`. Contents whose last
+    /// reference goes away start their grace period; their bytes are collected later.
+    pub async fn delete(&self, owner: i64, id: i64, recursive: bool) -> Result<DeleteStats, MetaError> {
+        retry_txn!(self.try_delete(owner, id, recursive))
+    }
+
+    async fn try_delete(&self, owner: i64, id: i64, recursive: bool) -> Result<DeleteStats, MetaError> {
+        let _g = self.write_gate().await;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL")
+            .bind(now)
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
+        if e.parent.is_none() {
+            return Err(MetaError::Root);
+        }
+        if e.is_dir() && !recursive && has_children(&mut tx, owner, id).await? {
+            return Err(MetaError::NotEmpty);
+        }
+        let stats = remove_subtree(&mut tx, owner, id, now).await?;
+        tx.commit().await?;
+        Ok(stats)
+    }
+
+    /// Sets the mode and/or mtime of an entry.
+    pub async fn set_attrs(
+        &self,
+        owner: i64,
+        id: i64,
+        mode: Option<i64>,
+        mtime: Option<i64>,
+    ) -> Result<Entry, MetaError> {
+        let _g = self.write_gate().await;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE entries SET mode = COALESCE(?, mode), mtime = COALESCE(?, mtime), ctime = ? WHERE id = ? AND owner = ?",
+        )
+        .bind(mode)
+        .bind(mtime)
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
+        tx.commit().await?;
+        Ok(e)
+    }
+}
+
+async fn get(c: &mut Conn, owner: i64, id: i64) -> Result<Option<Entry>, MetaError> {
+    let sql = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
+    let row: Option<EntryRow> = sqlx::query_as(sql).bind(id).bind(owner).fetch_optional(&mut *c).await?;
+    Ok(row.map(Entry::from))
+}
+
+async fn find(c: &mut Conn, owner: i64, parent: i64, name: &str) -> Result<Option<Entry>, MetaError> {
+    let sql = concat!(
+        "SELECT ",
+        entry_cols!(),
+        " FROM entries WHERE owner = ? AND parent = ? AND name = ?"
+    );
+    let row: Option<EntryRow> = sqlx::query_as(sql)
+        .bind(owner)
+        .bind(parent)
+        .bind(name.as_bytes().to_vec())
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(row.map(Entry::from))
+}
+
+/// The entry `id` if it is one of the owner's directories.
+async fn dir(c: &mut Conn, owner: i64, id: i64) -> Result<Entry, MetaError> {
+    let e = get(c, owner, id).await?.ok_or(MetaError::NotFound)?;
+    if !e.is_dir() {
+        return Err(MetaError::NotADirectory);
+    }
+    Ok(e)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert(
+    c: &mut Conn,
+    owner: i64,
+    parent: i64,
+    name: &str,
+    kind: EntryKind,
+    sha1: Option<&str>,
+    size: i64,
+    mode: i64,
+    now: i64,
+    mtime: i64,
+) -> Result<i64, MetaError> {
+    let res = sqlx::query(
+        "INSERT INTO entries (owner, parent, name, kind, sha1, size, mode, mtime, ctime, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(owner)
+    .bind(parent)
+    .bind(name.as_bytes().to_vec())
+    .bind(kind.code())
+    .bind(sha1)
+    .bind(size)
+    .bind(mode)
+    .bind(mtime)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *c)
+    .await
+    .map_err(unique)?;
+    last_id(c, &res).await
+}
+
+/// A new entry like `src` under `parent`/`name`, sharing its content.
+async fn copy_one(c: &mut Conn, src: &Entry, parent: i64, name: &str, now: i64) -> Result<i64, MetaError> {
+    if let Some(sha1) = &src.sha1 {
+        sqlx::query("UPDATE files SET refcount = refcount + 1, zero_since = NULL WHERE sha1 = ?")
+            .bind(sha1)
+            .execute(&mut *c)
+            .await?;
+    }
+    insert(
+        c,
+        src.owner,
+        parent,
+        name,
+        src.kind,
+        src.sha1.as_deref(),
+        src.size,
+        src.mode,
+        now,
+        src.mtime,
+    )
+    .await
+}
+
+/// Lowers a content's reference count by `by`; returns whether it reached zero.
+async fn decref(c: &mut Conn, sha1: &str, by: i64, now: i64) -> Result<bool, MetaError> {
+    // zero_since is assigned before refcount: MySQL evaluates SET clauses left to right with
+    // the new values, SQLite with the old ones; this order reads the old count in both.
+    sqlx::query(
+        "UPDATE files SET zero_since = CASE WHEN refcount <= ? THEN ? ELSE zero_since END, refcount = refcount - ? WHERE sha1 = ?",
+    )
+    .bind(by)
+    .bind(now)
+    .bind(by)
+    .bind(sha1)
+    .execute(&mut *c)
+    .await?;
+    let left: Option<i64> = sqlx::query_scalar("SELECT refcount FROM files WHERE sha1 = ?")
+        .bind(sha1)
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(left.unwrap_or(0) <= 0)
+}
+
+async fn has_children(c: &mut Conn, owner: i64, id: i64) -> Result<bool, MetaError> {
+    let n: Option<i64> = sqlx::query_scalar("SELECT id FROM entries WHERE owner = ? AND parent = ? LIMIT 1")
+        .bind(owner)
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(n.is_some())
+}
+
+/// Whether `candidate` is `ancestor` or lies below it.
+async fn is_within(c: &mut Conn, owner: i64, candidate: i64, ancestor: i64) -> Result<bool, MetaError> {
+    let mut cur = Some(candidate);
+    while let Some(id) = cur {
+        if id == ancestor {
+            return Ok(true);
+        }
+        cur = sqlx::query_scalar::<_, Option<i64>>("SELECT parent FROM entries WHERE id = ? AND owner = ?")
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&mut *c)
+            .await?
+            .flatten();
+    }
+    Ok(false)
+}
+
+/// Makes room for `src` at `dst`'s name according to the overwrite rule.
+async fn clear_destination(
+    c: &mut Conn,
+    owner: i64,
+    src: &Entry,
+    dst: &Entry,
+    overwrite: Overwrite,
+    now: i64,
+) -> Result<(), MetaError> {
+    match overwrite {
+        Overwrite::No => return Err(MetaError::AlreadyExists),
+        Overwrite::Posix => match (src.is_dir(), dst.is_dir()) {
+            (false, true) => return Err(MetaError::IsADirectory),
+            (true, false) => return Err(MetaError::NotADirectory),
+            (true, true) if has_children(c, owner, dst.id).await? => return Err(MetaError::NotEmpty),
+            _ => {}
+        },
+        Overwrite::Any => {}
+    }
+    remove_subtree(c, owner, dst.id, now).await?;
+    Ok(())
+}
+
+/// Deletes an entry and everything below it, releasing their contents.
+async fn remove_subtree(c: &mut Conn, owner: i64, id: i64, now: i64) -> Result<DeleteStats, MetaError> {
+    let sql = "WITH RECURSIVE sub(id) AS ( \
+                 SELECT id FROM entries WHERE id = ? AND owner = ? \
+                 UNION ALL \
+                 SELECT e.id FROM entries e JOIN sub ON e.owner = ? AND e.parent = sub.id \
+               ) SELECT e.id, e.sha1 FROM entries e JOIN sub ON e.id = sub.id";
+    let rows: Vec<(i64, Option<String>)> = sqlx::query_as(sql)
+        .bind(id)
+        .bind(owner)
+        .bind(owner)
+        .fetch_all(&mut *c)
+        .await?;
+    let mut per_content: std::collections::BTreeMap<String, i64> = Default::default();
+    for (_, sha1) in &rows {
+        if let Some(s) = sha1 {
+            *per_content.entry(s.clone()).or_default() += 1;
+        }
+    }
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    for chunk in ids.chunks(BATCH) {
+        let sql = format!(
+            "DELETE FROM entries WHERE owner = ? AND id IN ({})",
+            placeholders(chunk.len())
+        );
+        // Only `?` placeholders are interpolated; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *c).await?;
+    }
+    let mut released = 0;
+    for (sha1, n) in per_content {
+        if decref(c, &sha1, n, now).await? {
+            released += 1;
+        }
+    }
+    Ok(DeleteStats {
+        entries: ids.len() as u64,
+        released,
+    })
+}
+
+/// `name (1).ext`, `name (2).ext`, ...: the first name not taken in `parent`.
+async fn free_name(c: &mut Conn, owner: i64, parent: i64, name: &str) -> Result<String, MetaError> {
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    for n in 1..10_000 {
+        let candidate = format!("{stem} ({n}){ext}");
+        if candidate.len() > 255 {
+            break;
+        }
+        if find(c, owner, parent, &candidate).await?.is_none() {
+            return Ok(candidate);
+        }
+    }
+    Err(MetaError::AlreadyExists)
+}
+
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
