@@ -126,6 +126,15 @@ pub(crate) async fn small_body(body: Body) -> Result<bytes::Bytes, ApiError> {
     })
 }
 
+/// On routes that stream request bodies, an error answer may leave part of the body unread,
+/// and the server then closes the connection; saying so keeps clients from reusing it.
+pub(crate) async fn close_after_error(mut resp: Response) -> Response {
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        resp.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 /// `Response` with a `Location`-free redirect to the web page (the seed's GET routes).
 pub(crate) fn to_web_page() -> Response {
     (StatusCode::FOUND, [(header::LOCATION, "/")]).into_response()

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::content::{self, Presentation};
 use super::error::{code, SeedError};
-use super::{bearer, check_declared_length, client_ip, small_body, to_web_page, AppState};
+use super::{bearer, check_declared_length, client_ip, close_after_error, small_body, to_web_page, AppState};
 use crate::drive::UploadTarget;
 use crate::meta::{Conflict, Entry, Overwrite, User};
 use crate::names::base_name;
@@ -38,7 +38,10 @@ pub fn routes() -> Router<AppState> {
         .route("/user/info", get(info).post(info))
         .route(
             "/file/upload",
-            get(to_web_page_h).post(upload).layer(DefaultBodyLimit::disable()),
+            get(to_web_page_h)
+                .post(upload)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::map_response(close_after_error)),
         )
         .route("/file/meta", get(meta).post(meta))
         .route("/file/query", get(query).post(query))

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::content::{self, Presentation};
 use super::error::ApiError;
-use super::{bearer, check_declared_length, client_ip, small_body, AppState, AuthUser};
+use super::{bearer, check_declared_length, client_ip, close_after_error, small_body, AppState, AuthUser};
 use crate::drive::UploadTarget;
 use crate::meta::{Conflict, Entry, EntryKind, Overwrite};
 use crate::util::rfc3339;
@@ -40,7 +40,8 @@ pub fn routes() -> Router<AppState> {
             get(download)
                 .put(upload)
                 .delete(remove)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
+                .layer(axum::extract::DefaultBodyLimit::disable())
+                .layer(axum::middleware::map_response(close_after_error)),
         )
         .route("/dirs/{*path}", post(mkdir))
         .route("/move", post(move_entry))

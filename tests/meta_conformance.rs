@@ -1,0 +1,267 @@
+//! The metadata store's contract, written once and run against SQLite and MariaDB.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::{Backend, TestDb};
+use filestore::meta::{CommitFile, Conflict, Content, Entry, MetaError, MetaStore, NewContent, Overwrite};
+
+async fn store(backend: Backend) -> Option<(MetaStore, TestDb)> {
+    let db = TestDb::new(backend).await?;
+    let meta = MetaStore::connect(&db.url, 8).await.expect("connect and migrate");
+    // Migrating twice is a no-op.
+    meta.migrate().await.expect("second migrate");
+    Some((meta, db))
+}
+
+fn content(tag: &str) -> NewContent {
+    let sha1 = format!("{:0>40}", hex_of(tag));
+    NewContent { sha1, sha256: format!("{:0>64}", hex_of(tag)), size: tag.len() as i64 }
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect::<String>().chars().take(40).collect()
+}
+
+fn no_place(_: &Content) -> std::io::Result<()> {
+    Ok(())
+}
+
+async fn put(meta: &MetaStore, owner: i64, parent: i64, name: &str, c: &NewContent) -> Result<Entry, MetaError> {
+    let req = CommitFile {
+        owner,
+        parent,
+        name: name.into(),
+        content: c.clone(),
+        conflict: Conflict::Fail,
+        mode: 0o644,
+        mtime: None,
+    };
+    meta.commit_file(&req, &no_place).await
+}
+
+async fn refcount(meta: &MetaStore, c: &NewContent) -> i64 {
+    meta.content(&c.sha1).await.unwrap().map(|r| r.refcount).unwrap_or(-1)
+}
+
+async fn accounts_and_tokens(backend: Backend) {
+    let Some((meta, db)) = store(backend).await else { return };
+    let alice = meta.create_user("alice", "hash", false).await.unwrap();
+    assert!(matches!(meta.create_user("alice", "x", false).await, Err(MetaError::AlreadyExists)));
+    // User names are case-sensitive and byte-exact.
+    meta.create_user("Alice", "hash", false).await.unwrap();
+    let root = meta.root(alice.id).await.unwrap();
+    assert!(root.is_dir() && root.parent.is_none());
+
+    let now = filestore::meta::now_ms();
+    meta.insert_token("t-live", alice.id, now + 60_000).await.unwrap();
+    meta.insert_token("t-dead", alice.id, now - 1).await.unwrap();
+    assert_eq!(meta.user_by_token("t-live", now).await.unwrap().unwrap().id, alice.id);
+    assert!(meta.user_by_token("t-dead", now).await.unwrap().is_none(), "expired tokens do not authenticate");
+    assert!(meta.user_by_token("t-none", now).await.unwrap().is_none());
+    assert_eq!(meta.purge_expired_tokens(now).await.unwrap(), 1);
+
+    meta.set_user_disabled("alice", true).await.unwrap();
+    assert!(meta.user_by_token("t-live", now).await.unwrap().is_none(), "disabling ends sessions");
+    assert!(meta.user_by_name("alice").await.unwrap().unwrap().disabled);
+    assert!(matches!(meta.set_user_disabled("nobody", true).await, Err(MetaError::NotFound)));
+
+    assert!(meta.delete_token("t-live").await.is_ok());
+    let a = meta.setting_or_init("k", "first").await.unwrap();
+    let b = meta.setting_or_init("k", "second").await.unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("first", "first"));
+    meta.close().await;
+    db.cleanup().await;
+}
+
+async fn tree_operations(backend: Backend) {
+    let Some((meta, db)) = store(backend).await else { return };
+    let u = meta.create_user("bob", "h", false).await.unwrap();
+    let root = meta.root(u.id).await.unwrap();
+    let docs = meta.mkdir(u.id, root.id, "docs", 0o755).await.unwrap();
+    assert!(matches!(meta.mkdir(u.id, root.id, "docs", 0o755).await, Err(MetaError::AlreadyExists)));
+
+    // Names are byte-exact: case and trailing spaces make different names.
+    for n in ["a", "A", "a ", "b", "é", "Z"] {
+        put(&meta, u.id, docs.id, n, &content("x")).await.unwrap();
+    }
+    let names: Vec<String> = meta.list(u.id, docs.id, "", 100).await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["A", "Z", "a", "a ", "b", "é"], "byte order, stable");
+    // Paging: two at a time reproduces the full listing.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = meta.list(u.id, docs.id, &after, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap().name.clone();
+        paged.extend(page.into_iter().map(|e| e.name));
+    }
+    assert_eq!(paged, names);
+    assert_eq!(refcount(&meta, &content("x")).await, 6);
+
+    // Rename is a row update: same id; a cycle is refused; the root cannot move.
+    let sub = meta.mkdir(u.id, docs.id, "sub", 0o755).await.unwrap();
+    let a = meta.lookup(u.id, docs.id, "a").await.unwrap().unwrap();
+    let moved = meta.rename(u.id, a.id, sub.id, "renamed", Overwrite::No).await.unwrap();
+    assert_eq!((moved.id, moved.parent, moved.name.as_str()), (a.id, Some(sub.id), "renamed"));
+    assert!(matches!(meta.rename(u.id, docs.id, sub.id, "loop", Overwrite::No).await, Err(MetaError::Cycle)));
+    assert!(matches!(meta.rename(u.id, root.id, docs.id, "r", Overwrite::No).await, Err(MetaError::Root)));
+    let b = meta.lookup(u.id, docs.id, "b").await.unwrap().unwrap();
+    assert!(matches!(meta.rename(u.id, b.id, docs.id, "A", Overwrite::No).await, Err(MetaError::AlreadyExists)));
+    assert!(matches!(meta.rename(u.id, b.id, docs.id, "sub", Overwrite::Posix).await, Err(MetaError::IsADirectory)));
+    meta.rename(u.id, b.id, docs.id, "A", Overwrite::Posix).await.unwrap();
+    assert_eq!(refcount(&meta, &content("x")).await, 5, "the replaced file released its content");
+    assert_eq!(meta.path_of(u.id, moved.id).await.unwrap(), "/docs/sub/renamed");
+
+    // Copy of a directory: new entries, same content, counts raised.
+    let copy = meta.copy(u.id, docs.id, root.id, "docs2", Overwrite::No).await.unwrap();
+    assert_ne!(copy.id, docs.id);
+    assert_eq!(refcount(&meta, &content("x")).await, 10);
+    let sub2 = meta.lookup(u.id, copy.id, "sub").await.unwrap().unwrap();
+    assert!(meta.lookup(u.id, sub2.id, "renamed").await.unwrap().is_some());
+    assert!(matches!(meta.copy(u.id, docs.id, sub.id, "x", Overwrite::No).await, Err(MetaError::Cycle)));
+
+    // Delete: not empty without recursion; recursive releases every reference.
+    assert!(matches!(meta.delete(u.id, docs.id, false).await, Err(MetaError::NotEmpty)));
+    let stats = meta.delete(u.id, docs.id, true).await.unwrap();
+    assert_eq!(stats.entries, 7, "docs, sub and five files");
+    assert_eq!(refcount(&meta, &content("x")).await, 5);
+    let stats = meta.delete(u.id, copy.id, true).await.unwrap();
+    assert_eq!(stats.released, 1);
+    let row = meta.content(&content("x").sha1).await.unwrap().unwrap();
+    assert_eq!(row.refcount, 0);
+    assert!(row.zero_since.is_some(), "grace period started");
+    assert!(matches!(meta.delete(u.id, root.id, true).await, Err(MetaError::Root)));
+    meta.close().await;
+    db.cleanup().await;
+}
+
+async fn isolation(backend: Backend) {
+    let Some((meta, db)) = store(backend).await else { return };
+    let a = meta.create_user("owner", "h", false).await.unwrap();
+    let b = meta.create_user("intruder", "h", false).await.unwrap();
+    let ra = meta.root(a.id).await.unwrap();
+    let rb = meta.root(b.id).await.unwrap();
+    let f = put(&meta, a.id, ra.id, "secret", &content("s")).await.unwrap();
+    assert!(meta.entry(b.id, f.id).await.unwrap().is_none());
+    assert!(matches!(meta.delete(b.id, f.id, false).await, Err(MetaError::NotFound)));
+    assert!(matches!(meta.rename(b.id, f.id, rb.id, "mine", Overwrite::No).await, Err(MetaError::NotFound)));
+    assert!(matches!(meta.copy(b.id, f.id, rb.id, "mine", Overwrite::No).await, Err(MetaError::NotFound)));
+    assert!(matches!(meta.mkdir(b.id, ra.id, "x", 0o755).await, Err(MetaError::NotFound)));
+    assert!(meta.newest_with_content(b.id, &content("s").sha1).await.unwrap().is_none());
+    assert!(matches!(put(&meta, b.id, ra.id, "x", &content("s")).await, Err(MetaError::NotFound)));
+    assert_eq!(refcount(&meta, &content("s")).await, 1, "a refused commit raised no count");
+    meta.close().await;
+    db.cleanup().await;
+}
+
+async fn content_lifecycle(backend: Backend) {
+    let Some((meta, db)) = store(backend).await else { return };
+    let u = meta.create_user("carol", "h", false).await.unwrap();
+    let root = meta.root(u.id).await.unwrap();
+    let c = content("payload");
+
+    // Replace keeps the entry id and moves the reference.
+    let f = put(&meta, u.id, root.id, "f", &c).await.unwrap();
+    let c2 = content("other");
+    let req = CommitFile {
+        owner: u.id,
+        parent: root.id,
+        name: "f".into(),
+        content: c2.clone(),
+        conflict: Conflict::Replace,
+        mode: 0o644,
+        mtime: Some(1234),
+    };
+    let f2 = meta.commit_file(&req, &no_place).await.unwrap();
+    assert_eq!(f2.id, f.id);
+    assert_eq!((f2.sha1.as_deref(), f2.mtime), (Some(c2.sha1.as_str()), 1234));
+    assert_eq!(refcount(&meta, &c).await, 0);
+    assert_eq!(refcount(&meta, &c2).await, 1);
+    // Rename conflict policy.
+    let req = CommitFile { conflict: Conflict::Rename, name: "f".into(), ..req };
+    assert_eq!(meta.commit_file(&req, &no_place).await.unwrap().name, "f (1)");
+
+    // A dedup hit with a different SHA-256 is a collision: refused, counts unchanged.
+    let evil = NewContent { sha256: "f".repeat(64), ..c2.clone() };
+    let req = CommitFile { content: evil, name: "evil".into(), ..req };
+    assert!(matches!(meta.commit_file(&req, &no_place).await, Err(MetaError::Collision)));
+    assert_eq!(refcount(&meta, &c2).await, 2);
+    assert!(meta.lookup(u.id, root.id, "evil").await.unwrap().is_none());
+
+    // Garbage collection: nothing before the grace period ends; the bytes are removed
+    // under the row lock; a re-upload during the grace period revives the row.
+    assert!(meta.gc_candidates(0, 10).await.unwrap().is_empty());
+    let far = filestore::meta::now_ms() + 60_000;
+    assert_eq!(meta.gc_candidates(far, 10).await.unwrap(), vec![c.sha1.clone()]);
+    let removed = AtomicUsize::new(0);
+    let remove = |_: &Content| {
+        removed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    };
+    put(&meta, u.id, root.id, "revived", &c).await.unwrap();
+    assert!(!meta.gc_collect(&c.sha1, far, &remove).await.unwrap(), "revived content is kept");
+    let rv = meta.lookup(u.id, root.id, "revived").await.unwrap().unwrap();
+    meta.delete(u.id, rv.id, false).await.unwrap();
+    assert!(meta.gc_collect(&c.sha1, far, &remove).await.unwrap());
+    assert_eq!(removed.load(Ordering::SeqCst), 1);
+    assert!(meta.content(&c.sha1).await.unwrap().is_none());
+    // A failing removal keeps the row (the transaction rolls back).
+    let f3 = put(&meta, u.id, root.id, "again", &c).await.unwrap();
+    meta.delete(u.id, f3.id, false).await.unwrap();
+    let fail = |_: &Content| Err(std::io::Error::other("disk on fire"));
+    assert!(meta.gc_collect(&c.sha1, far, &fail).await.is_err());
+    assert!(meta.content(&c.sha1).await.unwrap().is_some());
+    meta.close().await;
+    db.cleanup().await;
+}
+
+/// Many commits of the same new content at once: one placement wins per transaction that
+/// saw it missing, every entry exists, the count is exact.
+async fn concurrent_dedup(backend: Backend) {
+    let Some((meta, db)) = store(backend).await else { return };
+    let u = meta.create_user("dave", "h", false).await.unwrap();
+    let root = meta.root(u.id).await.unwrap();
+    let c = content("same bytes");
+    let placed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let (meta, c, placed) = (meta.clone(), c.clone(), placed.clone());
+        tasks.push(tokio::spawn(async move {
+            let req = CommitFile {
+                owner: u.id,
+                parent: root.id,
+                name: format!("copy-{i}"),
+                content: c,
+                conflict: Conflict::Fail,
+                mode: 0o644,
+                mtime: None,
+            };
+            let place = move |_: &Content| {
+                placed.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            };
+            meta.commit_file(&req, &place).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(refcount(&meta, &c).await, 24);
+    assert_eq!(meta.list(u.id, root.id, "", 100).await.unwrap().len(), 24);
+    assert!(placed.load(Ordering::SeqCst) >= 24, "every commit made sure the bytes exist");
+    meta.close().await;
+    db.cleanup().await;
+}
+
+both_backends! {
+    accounts => accounts_and_tokens;
+    tree => tree_operations;
+    owners_are_isolated => isolation;
+    content => content_lifecycle;
+    dedup_under_concurrency => concurrent_dedup;
+}
