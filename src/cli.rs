@@ -43,6 +43,9 @@ enum Cmd {
     },
     /// Print the effective configuration (secrets redacted) and exit.
     CheckConfig,
+    /// Run one housekeeping pass now: delete unreferenced content whose grace period is
+    /// over, remove what crashes left in the staging area, purge expired tokens.
+    Gc,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +135,23 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::User { cmd } => user(load_config(&cli, None)?, cmd).await,
+        Cmd::Gc => {
+            let cfg = load_config(&cli, None)?;
+            let s = Services::open(&cfg).await?;
+            let secs = std::time::Duration::from_secs;
+            let p = filestore::gc::run_once(
+                &s.meta,
+                &s.staging,
+                secs(cfg.storage.gc_grace_secs),
+                secs(cfg.storage.stale_after_secs),
+            )
+            .await?;
+            println!(
+                "collected {} contents, removed {} temp files and {} orphaned objects, purged {} tokens",
+                p.collected, p.temp_files, p.orphans, p.tokens
+            );
+            Ok(())
+        }
     }
 }
 

@@ -81,7 +81,25 @@ fn stale_objects(root: &Path, min_age: Duration) -> std::io::Result<Vec<String>>
     Ok(out)
 }
 
-/// Runs collection, the staging sweep and token purge every `interval` until `stop` fires.
+/// What one housekeeping pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub collected: usize,
+    pub temp_files: usize,
+    pub orphans: usize,
+    pub tokens: u64,
+}
+
+/// One pass: collection, the staging sweep and the token purge (`filestore gc` runs this).
+pub async fn run_once(meta: &MetaStore, staging: &Staging, grace: Duration, stale_after: Duration) -> Result<Pass, MetaError> {
+    let collected = collect_garbage(meta, staging.objects(), grace).await?;
+    let (temp_files, orphans) = sweep_staging(meta, staging, stale_after).await?;
+    let tokens = meta.purge_expired_tokens(now_ms()).await?;
+    Ok(Pass { collected, temp_files, orphans, tokens })
+}
+
+/// Runs a pass every `interval` until `stop` fires. The first pass comes after one
+/// interval, so a server's start is not slowed by walking the whole staging tree.
 pub async fn run(
     meta: MetaStore,
     staging: Staging,
@@ -91,22 +109,14 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        match collect_garbage(&meta, staging.objects(), grace).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(collected = n, "deleted unreferenced content"),
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-        }
-        match sweep_staging(&meta, &staging, stale_after).await {
-            Ok((0, 0)) => {}
-            Ok((t, o)) => tracing::info!(temp_files = t, orphans = o, "cleaned staging"),
-            Err(e) => tracing::warn!(error = %e, "staging sweep failed"),
-        }
-        if let Err(e) = meta.purge_expired_tokens(now_ms()).await {
-            tracing::warn!(error = %e, "token purge failed");
-        }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
+        }
+        match run_once(&meta, &staging, grace, stale_after).await {
+            Ok(p) if p == Pass::default() => {}
+            Ok(p) => tracing::info!(collected = p.collected, temp_files = p.temp_files, orphans = p.orphans, "housekeeping"),
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
         }
     }
 }

@@ -86,12 +86,20 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         addr: cfg.server.listen.clone(),
         source,
     })?;
+    // Temp files of uploads a crash cut short are removed before serving (cheap: only
+    // uploads in flight live there); the full sweep runs with the periodic housekeeping.
+    let stale_after = Duration::from_secs(cfg.storage.stale_after_secs);
+    match services.staging.sweep_incoming(stale_after) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed temp files of interrupted uploads"),
+        Err(e) => tracing::warn!(error = %e, "cannot sweep the staging directory"),
+    }
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(crate::gc::run(
         services.meta.clone(),
         services.staging.clone(),
         Duration::from_secs(cfg.storage.gc_grace_secs),
-        Duration::from_secs(cfg.storage.stale_after_secs),
+        stale_after,
         Duration::from_secs(cfg.storage.gc_interval_secs.max(1)),
         stop_rx.clone(),
     ));

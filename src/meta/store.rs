@@ -353,7 +353,7 @@ impl MetaStore {
     /// Contents whose last reference went away before `cutoff`.
     pub async fn gc_candidates(&self, cutoff: i64, limit: i64) -> Result<Vec<String>, MetaError> {
         Ok(sqlx::query_scalar(
-            "SELECT sha1 FROM files WHERE refcount = 0 AND zero_since < ? ORDER BY zero_since LIMIT ?",
+            "SELECT sha1 FROM files WHERE refcount = 0 AND zero_since <= ? ORDER BY zero_since LIMIT ?",
         )
         .bind(cutoff)
         .bind(limit)
@@ -377,7 +377,7 @@ impl MetaStore {
             return Ok(false);
         };
         // The DELETE is the write that takes the lock; its condition re-checks the state.
-        let res = sqlx::query("DELETE FROM files WHERE sha1 = ? AND refcount = 0 AND zero_since < ?")
+        let res = sqlx::query("DELETE FROM files WHERE sha1 = ? AND refcount = 0 AND zero_since <= ?")
             .bind(sha1)
             .bind(cutoff)
             .execute(&mut *tx)

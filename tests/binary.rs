@@ -1,0 +1,227 @@
+//! The real `filestore` binary: the embedded default from one command, the admin commands,
+//! configuration errors, and what an upload leaves behind when the process dies at each
+//! step (see the `drive` module docs for the contract).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_filestore");
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cmd(data: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FILESTORE_DATA_DIR", data)
+        .env("FILESTORE_LOG", "warn")
+        // Anything untouched counts as stale, so restarts clean up at once.
+        .env("FILESTORE_STORAGE__STALE_AFTER_SECS", "0");
+    c
+}
+
+/// Starts `filestore serve` on a free port and waits for the line announcing the URL.
+fn serve(data: &Path, failpoints: &str) -> Proc {
+    let mut child = cmd(data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("FILESTORE_FAILPOINTS", failpoints)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn filestore serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut base = None;
+    let mut saw_data_dir = false;
+    for line in lines.by_ref() {
+        let line = line.expect("read stdout");
+        saw_data_dir |= line.starts_with("filestore: data dir ");
+        if let Some(url) = line.strip_prefix("filestore: serving ") {
+            base = Some(url.trim_end_matches('/').to_string());
+            break;
+        }
+    }
+    assert!(saw_data_dir, "the data dir is printed at start");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Proc { child, base: base.expect("server announced its URL") }
+}
+
+fn add_user(data: &Path, name: &str) {
+    let mut c = cmd(data).args(["user", "add", name, "--password-stdin"]).stdin(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(b"correct horse battery\n").unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+fn signin(base: &str, name: &str) -> String {
+    let body = format!("{{\"username\":\"{name}\",\"password\":\"correct horse battery\"}}");
+    let out = curl(&["-sS", "-XPOST", &format!("{base}/api/v1/auth/signin"), "-H", "content-type: application/json", "-d", &body]);
+    let v: serde_json::Value = serde_json::from_slice(&out.1).unwrap();
+    v["token"].as_str().expect("token").to_string()
+}
+
+/// Runs curl; returns (HTTP status or 0 when the connection failed, body).
+fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+    let out = Command::new("curl").args(args).args(["-w", "\n%{http_code}"]).output().expect("curl");
+    let mut body = out.stdout;
+    let pos = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&body[pos + 1..]).trim().parse().unwrap_or(0);
+    body.truncate(pos);
+    (code, body)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(files_under(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn staging(data: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    (files_under(&data.join("staging/incoming")), files_under(&data.join("staging/objects")))
+}
+
+#[test]
+fn embedded_default_and_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("drive");
+    add_user(&data, "alice");
+    // Duplicate and weak passwords are refused with a message and a failure status.
+    let mut c = cmd(&data).args(["user", "add", "alice", "--password-stdin"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(b"another password\n").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("taken"));
+    assert!(data.join("meta.db").is_file(), "SQLite database in the data dir");
+
+    let server = serve(&data, "");
+    let token = signin(&server.base, "alice");
+    let (code, _) = curl(&["-sS", "-T", BIN, "-H", &format!("authorization: Bearer {token}"), &format!("{}/api/v1/files/bin", server.base)]);
+    assert_eq!(code, 201);
+    let (code, body) = curl(&["-sS", "-H", &format!("authorization: Bearer {token}"), &format!("{}/api/v1/files/bin", server.base)]);
+    assert_eq!(code, 200);
+    assert!(body == std::fs::read(BIN).unwrap(), "bytes round-trip");
+    drop(server);
+
+    // Disabling ends sessions and refuses sign-in; list shows the state.
+    assert!(cmd(&data).args(["user", "disable", "alice"]).status().unwrap().success());
+    let out = cmd(&data).args(["user", "list"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice disabled");
+    let server = serve(&data, "");
+    let (code, _) = curl(&["-sS", "-H", &format!("authorization: Bearer {token}"), &format!("{}/api/v1/me", server.base)]);
+    assert_eq!(code, 401);
+}
+
+#[test]
+fn configuration_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("filestore.toml");
+    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\nlistne = \"typo\"\n").unwrap();
+    let out = cmd(dir.path()).args(["-c", cfg.to_str().unwrap(), "check-config"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd(dir.path()).env("FILESTORE_DATABASE__URLL", "x").arg("check-config").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.urll"));
+    // The effective configuration lists every section, with the password redacted.
+    let out = cmd(dir.path())
+        .env("FILESTORE_DATABASE__URL", "mysql://u:hunter2@127.0.0.1/x")
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for section in ["[server]", "[database]", "[storage]", "[auth]"] {
+        assert!(text.contains(section), "{text}");
+    }
+    assert!(!text.contains("hunter2"));
+}
+
+/// The process aborts at each step of an upload; after a restart nothing partial is
+/// visible, a committed upload is complete, and the staging area ends up clean.
+#[test]
+fn crash_at_each_upload_step() {
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    for (step, visible) in [("upload.staged", false), ("upload.placed", false), ("upload.committed", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("drive");
+        add_user(&data, "alice");
+        let file = dir.path().join("payload");
+        std::fs::write(&file, &payload).unwrap();
+
+        let mut server = serve(&data, step);
+        let token = signin(&server.base, "alice");
+        let url = format!("{}/api/v1/files/doc", server.base);
+        let auth = format!("authorization: Bearer {token}");
+        let (code, _) = curl(&["-sS", "-T", file.to_str().unwrap(), "-H", "Expect:", "-H", &auth, &url]);
+        assert_eq!(code, 0, "{step}: the process died before answering");
+        let status = server.child.wait().unwrap();
+        assert!(!status.success(), "{step}: aborted");
+
+        let server = serve(&data, "");
+        let token = signin(&server.base, "alice");
+        let auth = format!("authorization: Bearer {token}");
+        let url = format!("{}/api/v1/files/doc", server.base);
+        let (code, body) = curl(&["-sS", "-H", &auth, &url]);
+        if visible {
+            assert_eq!(code, 200, "{step}");
+            assert!(body == payload, "{step}: committed upload is complete");
+        } else {
+            assert_eq!(code, 404, "{step}: nothing partial is visible");
+        }
+        drop(server);
+        let out = cmd(&data).arg("gc").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (incoming, objects) = staging(&data);
+        assert!(incoming.is_empty(), "{step}: temp files removed: {incoming:?}");
+        assert_eq!(objects.len(), usize::from(visible), "{step}: no orphaned object: {objects:?}");
+    }
+}
+
+/// SIGKILL while the body is still streaming in.
+#[test]
+fn killed_mid_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("drive");
+    add_user(&data, "alice");
+    let mut server = serve(&data, "");
+    let token = signin(&server.base, "alice");
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    let head = format!("PUT /api/v1/files/half HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 10000000\r\n\r\n");
+    sock.write_all(head.as_bytes()).unwrap();
+    sock.write_all(&vec![b'x'; 1_000_000]).unwrap();
+    // Wait (bounded) until the server has started writing the temp file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while staging(&data).0.is_empty() {
+        assert!(Instant::now() < deadline, "the upload never reached the staging area");
+        std::thread::yield_now();
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert_eq!(staging(&data).0.len(), 1, "the temp file is what a crash leaves");
+
+    let server = serve(&data, "");
+    assert!(staging(&data).0.is_empty(), "swept at start");
+    let token = signin(&server.base, "alice");
+    let (code, _) = curl(&["-sS", "-H", &format!("authorization: Bearer {token}"), &format!("{}/api/v1/files/half", server.base)]);
+    assert_eq!(code, 404);
+}
