@@ -32,7 +32,7 @@ pub enum ConfigError {
 
 /// The whole configuration. Every field has a default, so an empty file (or none) runs the
 /// embedded default: SQLite and local content under `data_dir`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the embedded default keeps its SQLite database and staging area. Empty means
@@ -101,18 +101,6 @@ pub struct AuthConfig {
     pub signin_per_minute_per_ip: u32,
     /// Lifetime of the links `/file/downloadurl` hands out, in seconds.
     pub download_link_ttl_secs: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            data_dir: String::new(),
-            server: ServerConfig::default(),
-            database: DatabaseConfig::default(),
-            storage: StorageConfig::default(),
-            auth: AuthConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {

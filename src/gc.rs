@@ -91,11 +91,21 @@ pub struct Pass {
 }
 
 /// One pass: collection, the staging sweep and the token purge (`filestore gc` runs this).
-pub async fn run_once(meta: &MetaStore, staging: &Staging, grace: Duration, stale_after: Duration) -> Result<Pass, MetaError> {
+pub async fn run_once(
+    meta: &MetaStore,
+    staging: &Staging,
+    grace: Duration,
+    stale_after: Duration,
+) -> Result<Pass, MetaError> {
     let collected = collect_garbage(meta, staging.objects(), grace).await?;
     let (temp_files, orphans) = sweep_staging(meta, staging, stale_after).await?;
     let tokens = meta.purge_expired_tokens(now_ms()).await?;
-    Ok(Pass { collected, temp_files, orphans, tokens })
+    Ok(Pass {
+        collected,
+        temp_files,
+        orphans,
+        tokens,
+    })
 }
 
 /// Runs a pass every `interval` until `stop` fires. The first pass comes after one
@@ -115,7 +125,12 @@ pub async fn run(
         }
         match run_once(&meta, &staging, grace, stale_after).await {
             Ok(p) if p == Pass::default() => {}
-            Ok(p) => tracing::info!(collected = p.collected, temp_files = p.temp_files, orphans = p.orphans, "housekeeping"),
+            Ok(p) => tracing::info!(
+                collected = p.collected,
+                temp_files = p.temp_files,
+                orphans = p.orphans,
+                "housekeeping"
+            ),
             Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
         }
     }

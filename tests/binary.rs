@@ -55,25 +55,44 @@ fn serve(data: &Path, failpoints: &str) -> Proc {
     assert!(saw_data_dir, "the data dir is printed at start");
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Proc { child, base: base.expect("server announced its URL") }
+    Proc {
+        child,
+        base: base.expect("server announced its URL"),
+    }
 }
 
 fn add_user(data: &Path, name: &str) {
-    let mut c = cmd(data).args(["user", "add", name, "--password-stdin"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut c = cmd(data)
+        .args(["user", "add", name, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     c.stdin.take().unwrap().write_all(b"correct horse battery\n").unwrap();
     assert!(c.wait().unwrap().success());
 }
 
 fn signin(base: &str, name: &str) -> String {
     let body = format!("{{\"username\":\"{name}\",\"password\":\"correct horse battery\"}}");
-    let out = curl(&["-sS", "-XPOST", &format!("{base}/api/v1/auth/signin"), "-H", "content-type: application/json", "-d", &body]);
+    let out = curl(&[
+        "-sS",
+        "-XPOST",
+        &format!("{base}/api/v1/auth/signin"),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &body,
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.1).unwrap();
     v["token"].as_str().expect("token").to_string()
 }
 
 /// Runs curl; returns (HTTP status or 0 when the connection failed, body).
 fn curl(args: &[&str]) -> (u16, Vec<u8>) {
-    let out = Command::new("curl").args(args).args(["-w", "\n%{http_code}"]).output().expect("curl");
+    let out = Command::new("curl")
+        .args(args)
+        .args(["-w", "\n%{http_code}"])
+        .output()
+        .expect("curl");
     let mut body = out.stdout;
     let pos = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
     let code = String::from_utf8_lossy(&body[pos + 1..]).trim().parse().unwrap_or(0);
@@ -96,7 +115,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn staging(data: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    (files_under(&data.join("staging/incoming")), files_under(&data.join("staging/objects")))
+    (
+        files_under(&data.join("staging/incoming")),
+        files_under(&data.join("staging/objects")),
+    )
 }
 
 #[test]
@@ -105,7 +127,12 @@ fn embedded_default_and_admin_commands() {
     let data = dir.path().join("drive");
     add_user(&data, "alice");
     // Duplicate and weak passwords are refused with a message and a failure status.
-    let mut c = cmd(&data).args(["user", "add", "alice", "--password-stdin"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut c = cmd(&data)
+        .args(["user", "add", "alice", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     c.stdin.take().unwrap().write_all(b"another password\n").unwrap();
     let out = c.wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -114,19 +141,40 @@ fn embedded_default_and_admin_commands() {
 
     let server = serve(&data, "");
     let token = signin(&server.base, "alice");
-    let (code, _) = curl(&["-sS", "-T", BIN, "-H", &format!("authorization: Bearer {token}"), &format!("{}/api/v1/files/bin", server.base)]);
+    let (code, _) = curl(&[
+        "-sS",
+        "-T",
+        BIN,
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        &format!("{}/api/v1/files/bin", server.base),
+    ]);
     assert_eq!(code, 201);
-    let (code, body) = curl(&["-sS", "-H", &format!("authorization: Bearer {token}"), &format!("{}/api/v1/files/bin", server.base)]);
+    let (code, body) = curl(&[
+        "-sS",
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        &format!("{}/api/v1/files/bin", server.base),
+    ]);
     assert_eq!(code, 200);
     assert!(body == std::fs::read(BIN).unwrap(), "bytes round-trip");
     drop(server);
 
     // Disabling ends sessions and refuses sign-in; list shows the state.
-    assert!(cmd(&data).args(["user", "disable", "alice"]).status().unwrap().success());
+    assert!(cmd(&data)
+        .args(["user", "disable", "alice"])
+        .status()
+        .unwrap()
+        .success());
     let out = cmd(&data).args(["user", "list"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice disabled");
     let server = serve(&data, "");
-    let (code, _) = curl(&["-sS", "-H", &format!("authorization: Bearer {token}"), &format!("{}/api/v1/me", server.base)]);
+    let (code, _) = curl(&[
+        "-sS",
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        &format!("{}/api/v1/me", server.base),
+    ]);
     assert_eq!(code, 401);
 }
 
@@ -135,10 +183,21 @@ fn configuration_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("filestore.toml");
     std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\nlistne = \"typo\"\n").unwrap();
-    let out = cmd(dir.path()).args(["-c", cfg.to_str().unwrap(), "check-config"]).output().unwrap();
+    let out = cmd(dir.path())
+        .args(["-c", cfg.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = cmd(dir.path()).env("FILESTORE_DATABASE__URLL", "x").arg("check-config").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listne"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cmd(dir.path())
+        .env("FILESTORE_DATABASE__URLL", "x")
+        .arg("check-config")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("database.urll"));
     // The effective configuration lists every section, with the password redacted.
@@ -160,7 +219,11 @@ fn configuration_errors_name_the_key() {
 #[test]
 fn crash_at_each_upload_step() {
     let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
-    for (step, visible) in [("upload.staged", false), ("upload.placed", false), ("upload.committed", true)] {
+    for (step, visible) in [
+        ("upload.staged", false),
+        ("upload.placed", false),
+        ("upload.committed", true),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("drive");
         add_user(&data, "alice");
@@ -192,7 +255,11 @@ fn crash_at_each_upload_step() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let (incoming, objects) = staging(&data);
         assert!(incoming.is_empty(), "{step}: temp files removed: {incoming:?}");
-        assert_eq!(objects.len(), usize::from(visible), "{step}: no orphaned object: {objects:?}");
+        assert_eq!(
+            objects.len(),
+            usize::from(visible),
+            "{step}: no orphaned object: {objects:?}"
+        );
     }
 }
 
@@ -222,6 +289,11 @@ fn killed_mid_body() {
     let server = serve(&data, "");
     assert!(staging(&data).0.is_empty(), "swept at start");
     let token = signin(&server.base, "alice");
-    let (code, _) = curl(&["-sS", "-H", &format!("authorization: Bearer {token}"), &format!("{}/api/v1/files/half", server.base)]);
+    let (code, _) = curl(&[
+        "-sS",
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        &format!("{}/api/v1/files/half", server.base),
+    ]);
     assert_eq!(code, 404);
 }

@@ -14,10 +14,18 @@ struct Api<'a> {
 
 impl Api<'_> {
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.s.http.request(method, self.s.url(&format!("/api/v1{path}"))).bearer_auth(&self.token)
+        self.s
+            .http
+            .request(method, self.s.url(&format!("/api/v1{path}")))
+            .bearer_auth(&self.token)
     }
     async fn put(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
-        let r = self.req(reqwest::Method::PUT, &format!("/files{path}")).body(body).send().await.unwrap();
+        let r = self
+            .req(reqwest::Method::PUT, &format!("/files{path}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         (r.status(), r.json().await.unwrap())
     }
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -31,14 +39,23 @@ impl Api<'_> {
         (st, r.json().await.unwrap_or(Value::Null))
     }
     async fn bytes(&self, path: &str) -> Vec<u8> {
-        let r = self.req(reqwest::Method::GET, &format!("/files{path}")).send().await.unwrap();
+        let r = self
+            .req(reqwest::Method::GET, &format!("/files{path}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "GET {path}");
         r.bytes().await.unwrap().to_vec()
     }
     async fn names(&self, dir: &str) -> Vec<String> {
         let (st, v) = self.get(&format!("/list{dir}")).await;
         assert_eq!(st, 200, "{v}");
-        v["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
     }
 }
 
@@ -54,8 +71,13 @@ fn objects_on_disk(s: &TestServer) -> usize {
 }
 
 async fn tree_and_content(backend: Backend) {
-    let Some(s) = TestServer::start(backend).await else { return };
-    let api = Api { s: &s, token: s.user("alice").await };
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let api = Api {
+        s: &s,
+        token: s.user("alice").await,
+    };
 
     let (st, v) = api.post("/dirs/docs/2026/q1?parents=true", json!(null)).await;
     assert_eq!(st, 201, "{v}");
@@ -70,7 +92,12 @@ async fn tree_and_content(backend: Backend) {
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["sha1"], "be76331b95dfc399cd776d2fc68021e0db03cc4f");
     let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![Ok(b"be"), Ok(b"ta")];
-    let (st, _) = api.put("/docs/b.txt", reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).await;
+    let (st, _) = api
+        .put(
+            "/docs/b.txt",
+            reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+        )
+        .await;
     assert_eq!(st, 201);
     assert_eq!(api.bytes("/docs/b.txt").await, b"beta");
     // Replacing keeps the id; If-None-Match: * refuses; overwrite=false refuses.
@@ -78,11 +105,28 @@ async fn tree_and_content(backend: Backend) {
     let (st, v) = api.put("/docs/a.txt", "alpha 2").await;
     assert_eq!(st, 200);
     assert_eq!(v["id"], before["id"]);
-    let r = api.req(reqwest::Method::PUT, "/files/docs/a.txt").header("if-none-match", "*").body("x").send().await.unwrap();
+    let r = api
+        .req(reqwest::Method::PUT, "/files/docs/a.txt")
+        .header("if-none-match", "*")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
-    let r = api.req(reqwest::Method::PUT, "/files/docs/a.txt?overwrite=false").body("x").send().await.unwrap();
+    let r = api
+        .req(reqwest::Method::PUT, "/files/docs/a.txt?overwrite=false")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
-    let r = api.req(reqwest::Method::PUT, "/files/docs/a.txt").header("if-match", "\"nope\"").body("x").send().await.unwrap();
+    let r = api
+        .req(reqwest::Method::PUT, "/files/docs/a.txt")
+        .header("if-match", "\"nope\"")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
     assert_eq!(api.bytes("/docs/a.txt").await, b"alpha 2");
     let (st, _) = api.put("/docs", "x").await;
@@ -94,15 +138,34 @@ async fn tree_and_content(backend: Backend) {
     let r = api.req(reqwest::Method::GET, "/files/docs/a.txt").send().await.unwrap();
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     assert_eq!(r.headers()["content-type"], "text/plain");
-    let r = api.req(reqwest::Method::GET, "/files/docs/a.txt").header("if-none-match", &etag).send().await.unwrap();
+    let r = api
+        .req(reqwest::Method::GET, "/files/docs/a.txt")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
-    let r = api.req(reqwest::Method::GET, "/files/docs/a.txt").header("range", "bytes=-1").send().await.unwrap();
+    let r = api
+        .req(reqwest::Method::GET, "/files/docs/a.txt")
+        .header("range", "bytes=-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"2");
-    let r = api.req(reqwest::Method::GET, "/files/docs/a.txt").header("range", "bytes=100-").send().await.unwrap();
+    let r = api
+        .req(reqwest::Method::GET, "/files/docs/a.txt")
+        .header("range", "bytes=100-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["content-range"], "bytes */7");
-    let r = api.req(reqwest::Method::HEAD, "/files/docs/a.txt").send().await.unwrap();
+    let r = api
+        .req(reqwest::Method::HEAD, "/files/docs/a.txt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-length"], "7");
 
     // Listing pages in byte order.
@@ -131,14 +194,31 @@ async fn tree_and_content(backend: Backend) {
     assert_eq!(api.names("").await, vec!["docs"]);
 
     // Move: atomic rename, same id, no bytes copied; overwrite follows rename(2).
-    let (st, v) = api.post("/move", json!({"from": "/docs/a.txt", "to": "/docs/2026/q1/a-moved.txt"})).await;
+    let (st, v) = api
+        .post(
+            "/move",
+            json!({"from": "/docs/a.txt", "to": "/docs/2026/q1/a-moved.txt"}),
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["id"], before["id"]);
-    let (st, _) = api.post("/move", json!({"from": "/docs/b.txt", "to": "/docs/2026/q1/a-moved.txt"})).await;
+    let (st, _) = api
+        .post(
+            "/move",
+            json!({"from": "/docs/b.txt", "to": "/docs/2026/q1/a-moved.txt"}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CONFLICT);
-    let (st, _) = api.post("/move", json!({"from": "/docs/b.txt", "to": "/docs/2026/q1/a-moved.txt", "overwrite": true})).await;
+    let (st, _) = api
+        .post(
+            "/move",
+            json!({"from": "/docs/b.txt", "to": "/docs/2026/q1/a-moved.txt", "overwrite": true}),
+        )
+        .await;
     assert_eq!(st, 200);
-    let (st, v) = api.post("/move", json!({"from": "/docs", "to": "/docs/2026/inside"})).await;
+    let (st, v) = api
+        .post("/move", json!({"from": "/docs", "to": "/docs/2026/inside"}))
+        .await;
     assert_eq!((st, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("cycle")));
 
     // Copy: a new entry on the same content.
@@ -151,7 +231,11 @@ async fn tree_and_content(backend: Backend) {
     // Delete: directories need recursive=true.
     let r = api.req(reqwest::Method::DELETE, "/files/docs").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    let r = api.req(reqwest::Method::DELETE, "/files/docs?recursive=true").send().await.unwrap();
+    let r = api
+        .req(reqwest::Method::DELETE, "/files/docs?recursive=true")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let (st, _) = api.get("/stat/docs").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
@@ -163,43 +247,90 @@ async fn tree_and_content(backend: Backend) {
 }
 
 async fn bad_input(backend: Backend) {
-    let Some(s) = TestServer::start_with(backend, |c| c.server.max_upload_bytes = 100_000).await else { return };
-    let api = Api { s: &s, token: s.user("mallory").await };
+    let Some(s) = TestServer::start_with(backend, |c| c.server.max_upload_bytes = 100_000).await else {
+        return;
+    };
+    let api = Api {
+        s: &s,
+        token: s.user("mallory").await,
+    };
     let cases: Vec<(reqwest::RequestBuilder, StatusCode)> = vec![
         // Malformed JSON, wrong types, unknown fields.
-        (s.http.post(s.url("/api/v1/auth/signin")).body("{not json"), StatusCode::BAD_REQUEST),
-        (s.http.post(s.url("/api/v1/auth/signin")).json(&json!({"username": 5, "password": []})), StatusCode::BAD_REQUEST),
         (
-            s.http.post(s.url("/api/v1/auth/signup")).json(&json!({"username": "x", "password": "y", "admin": true})),
+            s.http.post(s.url("/api/v1/auth/signin")).body("{not json"),
             StatusCode::BAD_REQUEST,
         ),
-        (api.req(reqwest::Method::POST, "/move").body("[]"), StatusCode::BAD_REQUEST),
-        (api.req(reqwest::Method::GET, "/list?limit=many"), StatusCode::BAD_REQUEST),
+        (
+            s.http
+                .post(s.url("/api/v1/auth/signin"))
+                .json(&json!({"username": 5, "password": []})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            s.http
+                .post(s.url("/api/v1/auth/signup"))
+                .json(&json!({"username": "x", "password": "y", "admin": true})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            api.req(reqwest::Method::POST, "/move").body("[]"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            api.req(reqwest::Method::GET, "/list?limit=many"),
+            StatusCode::BAD_REQUEST,
+        ),
         // Invalid names.
-        (api.req(reqwest::Method::PUT, &format!("/files/{}", "n".repeat(256))).body("x"), StatusCode::BAD_REQUEST),
+        (
+            api.req(reqwest::Method::PUT, &format!("/files/{}", "n".repeat(256)))
+                .body("x"),
+            StatusCode::BAD_REQUEST,
+        ),
         (api.req(reqwest::Method::POST, "/dirs/a%00b"), StatusCode::BAD_REQUEST),
         // Missing and bogus tokens.
         (s.http.get(s.url("/api/v1/me")), StatusCode::UNAUTHORIZED),
-        (s.http.get(s.url("/api/v1/me")).bearer_auth("0".repeat(40)), StatusCode::UNAUTHORIZED),
-        (s.http.get(s.url("/api/v1/me")).bearer_auth("x".repeat(5000)), StatusCode::UNAUTHORIZED),
+        (
+            s.http.get(s.url("/api/v1/me")).bearer_auth("0".repeat(40)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            s.http.get(s.url("/api/v1/me")).bearer_auth("x".repeat(5000)),
+            StatusCode::UNAUTHORIZED,
+        ),
         // Unknown routes and methods.
         (api.req(reqwest::Method::GET, "/nope"), StatusCode::NOT_FOUND),
-        (api.req(reqwest::Method::PATCH, "/files/x"), StatusCode::METHOD_NOT_ALLOWED),
+        (
+            api.req(reqwest::Method::PATCH, "/files/x"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
         // A JSON body over the small-body limit.
-        (api.req(reqwest::Method::POST, "/move").body(vec![b' '; 200_000]), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            api.req(reqwest::Method::POST, "/move").body(vec![b' '; 200_000]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
     ];
     for (i, (req, want)) in cases.into_iter().enumerate() {
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), want, "case {i}");
-        let v: Value = r.json().await.unwrap_or_else(|e| panic!("case {i}: body is not JSON: {e}"));
+        let v: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("case {i}: body is not JSON: {e}"));
         assert!(v["error"]["code"].is_string(), "case {i}: {v}");
     }
     let r = s.http.get(s.url("/api/v1/me")).send().await.unwrap();
     assert!(r.headers().contains_key("www-authenticate"));
     // Traversal: URL libraries resolve `..` (even percent-encoded) before sending, so these
     // go out raw, as an attacker would send them.
-    for target in ["/api/v1/stat/a/../../etc", "/api/v1/stat/a/%2e%2e/%2e%2e/etc", "/api/v1/files/.."] {
-        let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", api.token);
+    for target in [
+        "/api/v1/stat/a/../../etc",
+        "/api/v1/stat/a/%2e%2e/%2e%2e/etc",
+        "/api/v1/files/..",
+    ] {
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            api.token
+        );
         let (status, body) = common::raw_request(&s.base, req.as_bytes()).await;
         assert_eq!(status, 400, "{target}: {body}");
         assert!(body.contains("invalid_name"), "{target}: {body}");
@@ -212,7 +343,9 @@ async fn bad_input(backend: Backend) {
     );
     let (status, body) = common::raw_request(&s.base, head.as_bytes()).await;
     assert_eq!(status, 413, "{body}");
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter((0..50).map(|_| Ok::<_, std::io::Error>(vec![1u8; 10_000]))));
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
+        (0..50).map(|_| Ok::<_, std::io::Error>(vec![1u8; 10_000])),
+    ));
     if let Ok(r) = api.req(reqwest::Method::PUT, "/files/big").body(body).send().await {
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
@@ -228,9 +361,17 @@ async fn bad_input(backend: Backend) {
 
 /// Users see only their own tree; the same path names different files.
 async fn isolation(backend: Backend) {
-    let Some(s) = TestServer::start(backend).await else { return };
-    let a = Api { s: &s, token: s.user("alice").await };
-    let b = Api { s: &s, token: s.user("bobby").await };
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let a = Api {
+        s: &s,
+        token: s.user("alice").await,
+    };
+    let b = Api {
+        s: &s,
+        token: s.user("bobby").await,
+    };
     a.put("/secret.txt", "alice only").await;
     let (st, _) = b.get("/stat/secret.txt").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
@@ -246,17 +387,33 @@ async fn isolation(backend: Backend) {
 /// Identical bytes uploaded at once by many clients: one stored copy, every entry right;
 /// a re-upload stores nothing; deleted content is collected after the grace period.
 async fn dedup(backend: Backend) {
-    let Some(s) = TestServer::start_with(backend, |c| c.storage.gc_grace_secs = 0).await else { return };
-    let api = Api { s: &s, token: s.user("alice").await };
+    let Some(s) = TestServer::start_with(backend, |c| c.storage.gc_grace_secs = 0).await else {
+        return;
+    };
+    let api = Api {
+        s: &s,
+        token: s.user("alice").await,
+    };
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let (http, url, token, data) = (s.http.clone(), s.url(&format!("/api/v1/files/c{i}")), api.token.clone(), data.clone());
+        let (http, url, token, data) = (
+            s.http.clone(),
+            s.url(&format!("/api/v1/files/c{i}")),
+            api.token.clone(),
+            data.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // Stream in small pieces so the uploads really overlap.
             let pieces: Vec<Result<Vec<u8>, std::io::Error>> = data.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
             let body = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
-            http.put(url).bearer_auth(token).body(body).send().await.unwrap().status()
+            http.put(url)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
         }));
     }
     for t in tasks {
@@ -270,7 +427,12 @@ async fn dedup(backend: Backend) {
     };
     assert_eq!(meta.content(&sha1).await.unwrap().unwrap().refcount, 8);
     for i in 0..8 {
-        let mut stream = api.req(reqwest::Method::GET, &format!("/files/c{i}")).send().await.unwrap().bytes_stream();
+        let mut stream = api
+            .req(reqwest::Method::GET, &format!("/files/c{i}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes_stream();
         let mut got = Vec::new();
         while let Some(c) = stream.next().await {
             got.extend_from_slice(&c.unwrap());
@@ -284,11 +446,16 @@ async fn dedup(backend: Backend) {
     assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
     // Delete all: the bytes stay until collection, then go.
     for name in ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "again"] {
-        api.req(reqwest::Method::DELETE, &format!("/files/{name}")).send().await.unwrap();
+        api.req(reqwest::Method::DELETE, &format!("/files/{name}"))
+            .send()
+            .await
+            .unwrap();
     }
     assert_eq!(objects_on_disk(&s), 1, "kept during the grace period");
     let staging = s.running().services().staging.clone();
-    let n = filestore::gc::collect_garbage(meta, staging.objects(), std::time::Duration::ZERO).await.unwrap();
+    let n = filestore::gc::collect_garbage(meta, staging.objects(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     assert_eq!(objects_on_disk(&s), 0);
     assert!(meta.content(&sha1).await.unwrap().is_none());
@@ -299,8 +466,13 @@ async fn dedup(backend: Backend) {
 /// Real colliding inputs are not reachable here, so the stored row is given a different
 /// SHA-256, which is what such an input would produce.
 async fn collision_refused(backend: Backend) {
-    let Some(s) = TestServer::start(backend).await else { return };
-    let api = Api { s: &s, token: s.user("alice").await };
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let api = Api {
+        s: &s,
+        token: s.user("alice").await,
+    };
     let meta = &s.running().services().meta;
     let bytes = b"the victim's document".to_vec();
     let sha1 = {
@@ -313,14 +485,21 @@ async fn collision_refused(backend: Backend) {
         owner: owner.id,
         parent: root.id,
         name: "planted".into(),
-        content: filestore::meta::NewContent { sha1: sha1.clone(), sha256: "ab".repeat(32), size: bytes.len() as i64 },
+        content: filestore::meta::NewContent {
+            sha1: sha1.clone(),
+            sha256: "ab".repeat(32),
+            size: bytes.len() as i64,
+        },
         conflict: filestore::meta::Conflict::Fail,
         mode: 0o644,
         mtime: None,
     };
     meta.commit_file(&planted, &|_| Ok(())).await.unwrap();
     let (st, v) = api.put("/upload", bytes).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("content_collision")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("content_collision"))
+    );
     let (st, _) = api.get("/stat/upload").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(meta.content(&sha1).await.unwrap().unwrap().refcount, 1);
@@ -328,11 +507,25 @@ async fn collision_refused(backend: Backend) {
 }
 
 async fn openapi_documents_every_route(backend: Backend) {
-    let Some(s) = TestServer::start(backend).await else { return };
-    let doc: Value = s.http.get(s.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let doc: Value = s
+        .http
+        .get(s.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     let src = include_str!("../src/http/v1.rs");
-    for line in src.lines().map(str::trim).filter(|l| l.starts_with(".route(\"/") || l.starts_with("\"/") && l.ends_with("\",")) {
+    for line in src
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(".route(\"/") || l.starts_with("\"/") && l.ends_with("\","))
+    {
         let route = line.split('"').nth(1).unwrap().replace("{*path}", "{path}");
         assert!(paths.contains_key(&route), "route {route} is missing from openapi.json");
     }
@@ -358,24 +551,43 @@ async fn signin_rate_limit(backend: Backend) {
     let attempt = |user: &'static str, pw: &'static str| {
         let (http, url) = (s.http.clone(), s.url("/api/v1/auth/signin"));
         async move {
-            let r = http.post(url).json(&json!({"username": user, "password": pw})).send().await.unwrap();
-            (r.status(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
+            let r = http
+                .post(url)
+                .json(&json!({"username": user, "password": pw}))
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status(),
+                r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()),
+            )
         }
     };
     for _ in 0..5 {
-        assert_eq!(attempt("alice", "password-of-alice").await.0, 200, "successes are not limited");
+        assert_eq!(
+            attempt("alice", "password-of-alice").await.0,
+            200,
+            "successes are not limited"
+        );
     }
     for _ in 0..3 {
         assert_eq!(attempt("alice", "wrong").await.0, StatusCode::UNAUTHORIZED);
     }
     let (st, retry) = attempt("alice", "password-of-alice").await;
-    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "even the right password waits once the user is locked");
+    assert_eq!(
+        st,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits once the user is locked"
+    );
     assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
     // The address has used 3 of 6 failures; three more on another user exhaust it.
     for _ in 0..3 {
         assert_eq!(attempt("bobby", "wrong").await.0, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(attempt("bobby", "password-of-bobby").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        attempt("bobby", "password-of-bobby").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     s.stop().await;
 }
 

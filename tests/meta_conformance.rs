@@ -18,11 +18,20 @@ async fn store(backend: Backend) -> Option<(MetaStore, TestDb)> {
 
 fn content(tag: &str) -> NewContent {
     let sha1 = format!("{:0>40}", hex_of(tag));
-    NewContent { sha1, sha256: format!("{:0>64}", hex_of(tag)), size: tag.len() as i64 }
+    NewContent {
+        sha1,
+        sha256: format!("{:0>64}", hex_of(tag)),
+        size: tag.len() as i64,
+    }
 }
 
 fn hex_of(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect::<String>().chars().take(40).collect()
+    s.bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .chars()
+        .take(40)
+        .collect()
 }
 
 fn no_place(_: &Content) -> std::io::Result<()> {
@@ -49,7 +58,10 @@ async fn refcount(meta: &MetaStore, c: &NewContent) -> i64 {
 async fn accounts_and_tokens(backend: Backend) {
     let Some((meta, db)) = store(backend).await else { return };
     let alice = meta.create_user("alice", "hash", false).await.unwrap();
-    assert!(matches!(meta.create_user("alice", "x", false).await, Err(MetaError::AlreadyExists)));
+    assert!(matches!(
+        meta.create_user("alice", "x", false).await,
+        Err(MetaError::AlreadyExists)
+    ));
     // User names are case-sensitive and byte-exact.
     meta.create_user("Alice", "hash", false).await.unwrap();
     let root = meta.root(alice.id).await.unwrap();
@@ -59,14 +71,23 @@ async fn accounts_and_tokens(backend: Backend) {
     meta.insert_token("t-live", alice.id, now + 60_000).await.unwrap();
     meta.insert_token("t-dead", alice.id, now - 1).await.unwrap();
     assert_eq!(meta.user_by_token("t-live", now).await.unwrap().unwrap().id, alice.id);
-    assert!(meta.user_by_token("t-dead", now).await.unwrap().is_none(), "expired tokens do not authenticate");
+    assert!(
+        meta.user_by_token("t-dead", now).await.unwrap().is_none(),
+        "expired tokens do not authenticate"
+    );
     assert!(meta.user_by_token("t-none", now).await.unwrap().is_none());
     assert_eq!(meta.purge_expired_tokens(now).await.unwrap(), 1);
 
     meta.set_user_disabled("alice", true).await.unwrap();
-    assert!(meta.user_by_token("t-live", now).await.unwrap().is_none(), "disabling ends sessions");
+    assert!(
+        meta.user_by_token("t-live", now).await.unwrap().is_none(),
+        "disabling ends sessions"
+    );
     assert!(meta.user_by_name("alice").await.unwrap().unwrap().disabled);
-    assert!(matches!(meta.set_user_disabled("nobody", true).await, Err(MetaError::NotFound)));
+    assert!(matches!(
+        meta.set_user_disabled("nobody", true).await,
+        Err(MetaError::NotFound)
+    ));
 
     assert!(meta.delete_token("t-live").await.is_ok());
     let a = meta.setting_or_init("k", "first").await.unwrap();
@@ -81,13 +102,22 @@ async fn tree_operations(backend: Backend) {
     let u = meta.create_user("bob", "h", false).await.unwrap();
     let root = meta.root(u.id).await.unwrap();
     let docs = meta.mkdir(u.id, root.id, "docs", 0o755).await.unwrap();
-    assert!(matches!(meta.mkdir(u.id, root.id, "docs", 0o755).await, Err(MetaError::AlreadyExists)));
+    assert!(matches!(
+        meta.mkdir(u.id, root.id, "docs", 0o755).await,
+        Err(MetaError::AlreadyExists)
+    ));
 
     // Names are byte-exact: case and trailing spaces make different names.
     for n in ["a", "A", "a ", "b", "é", "Z"] {
         put(&meta, u.id, docs.id, n, &content("x")).await.unwrap();
     }
-    let names: Vec<String> = meta.list(u.id, docs.id, "", 100).await.unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = meta
+        .list(u.id, docs.id, "", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, vec!["A", "Z", "a", "a ", "b", "é"], "byte order, stable");
     // Paging: two at a time reproduces the full listing.
     let mut paged = Vec::new();
@@ -107,14 +137,33 @@ async fn tree_operations(backend: Backend) {
     let sub = meta.mkdir(u.id, docs.id, "sub", 0o755).await.unwrap();
     let a = meta.lookup(u.id, docs.id, "a").await.unwrap().unwrap();
     let moved = meta.rename(u.id, a.id, sub.id, "renamed", Overwrite::No).await.unwrap();
-    assert_eq!((moved.id, moved.parent, moved.name.as_str()), (a.id, Some(sub.id), "renamed"));
-    assert!(matches!(meta.rename(u.id, docs.id, sub.id, "loop", Overwrite::No).await, Err(MetaError::Cycle)));
-    assert!(matches!(meta.rename(u.id, root.id, docs.id, "r", Overwrite::No).await, Err(MetaError::Root)));
+    assert_eq!(
+        (moved.id, moved.parent, moved.name.as_str()),
+        (a.id, Some(sub.id), "renamed")
+    );
+    assert!(matches!(
+        meta.rename(u.id, docs.id, sub.id, "loop", Overwrite::No).await,
+        Err(MetaError::Cycle)
+    ));
+    assert!(matches!(
+        meta.rename(u.id, root.id, docs.id, "r", Overwrite::No).await,
+        Err(MetaError::Root)
+    ));
     let b = meta.lookup(u.id, docs.id, "b").await.unwrap().unwrap();
-    assert!(matches!(meta.rename(u.id, b.id, docs.id, "A", Overwrite::No).await, Err(MetaError::AlreadyExists)));
-    assert!(matches!(meta.rename(u.id, b.id, docs.id, "sub", Overwrite::Posix).await, Err(MetaError::IsADirectory)));
+    assert!(matches!(
+        meta.rename(u.id, b.id, docs.id, "A", Overwrite::No).await,
+        Err(MetaError::AlreadyExists)
+    ));
+    assert!(matches!(
+        meta.rename(u.id, b.id, docs.id, "sub", Overwrite::Posix).await,
+        Err(MetaError::IsADirectory)
+    ));
     meta.rename(u.id, b.id, docs.id, "A", Overwrite::Posix).await.unwrap();
-    assert_eq!(refcount(&meta, &content("x")).await, 5, "the replaced file released its content");
+    assert_eq!(
+        refcount(&meta, &content("x")).await,
+        5,
+        "the replaced file released its content"
+    );
     assert_eq!(meta.path_of(u.id, moved.id).await.unwrap(), "/docs/sub/renamed");
 
     // Copy of a directory: new entries, same content, counts raised.
@@ -123,10 +172,16 @@ async fn tree_operations(backend: Backend) {
     assert_eq!(refcount(&meta, &content("x")).await, 10);
     let sub2 = meta.lookup(u.id, copy.id, "sub").await.unwrap().unwrap();
     assert!(meta.lookup(u.id, sub2.id, "renamed").await.unwrap().is_some());
-    assert!(matches!(meta.copy(u.id, docs.id, sub.id, "x", Overwrite::No).await, Err(MetaError::Cycle)));
+    assert!(matches!(
+        meta.copy(u.id, docs.id, sub.id, "x", Overwrite::No).await,
+        Err(MetaError::Cycle)
+    ));
 
     // Delete: not empty without recursion; recursive releases every reference.
-    assert!(matches!(meta.delete(u.id, docs.id, false).await, Err(MetaError::NotEmpty)));
+    assert!(matches!(
+        meta.delete(u.id, docs.id, false).await,
+        Err(MetaError::NotEmpty)
+    ));
     let stats = meta.delete(u.id, docs.id, true).await.unwrap();
     assert_eq!(stats.entries, 7, "docs, sub and five files");
     assert_eq!(refcount(&meta, &content("x")).await, 5);
@@ -149,12 +204,32 @@ async fn isolation(backend: Backend) {
     let f = put(&meta, a.id, ra.id, "secret", &content("s")).await.unwrap();
     assert!(meta.entry(b.id, f.id).await.unwrap().is_none());
     assert!(matches!(meta.delete(b.id, f.id, false).await, Err(MetaError::NotFound)));
-    assert!(matches!(meta.rename(b.id, f.id, rb.id, "mine", Overwrite::No).await, Err(MetaError::NotFound)));
-    assert!(matches!(meta.copy(b.id, f.id, rb.id, "mine", Overwrite::No).await, Err(MetaError::NotFound)));
-    assert!(matches!(meta.mkdir(b.id, ra.id, "x", 0o755).await, Err(MetaError::NotFound)));
-    assert!(meta.newest_with_content(b.id, &content("s").sha1).await.unwrap().is_none());
-    assert!(matches!(put(&meta, b.id, ra.id, "x", &content("s")).await, Err(MetaError::NotFound)));
-    assert_eq!(refcount(&meta, &content("s")).await, 1, "a refused commit raised no count");
+    assert!(matches!(
+        meta.rename(b.id, f.id, rb.id, "mine", Overwrite::No).await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(matches!(
+        meta.copy(b.id, f.id, rb.id, "mine", Overwrite::No).await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(matches!(
+        meta.mkdir(b.id, ra.id, "x", 0o755).await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(meta
+        .newest_with_content(b.id, &content("s").sha1)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        put(&meta, b.id, ra.id, "x", &content("s")).await,
+        Err(MetaError::NotFound)
+    ));
+    assert_eq!(
+        refcount(&meta, &content("s")).await,
+        1,
+        "a refused commit raised no count"
+    );
     meta.close().await;
     db.cleanup().await;
 }
@@ -183,13 +258,27 @@ async fn content_lifecycle(backend: Backend) {
     assert_eq!(refcount(&meta, &c).await, 0);
     assert_eq!(refcount(&meta, &c2).await, 1);
     // Rename conflict policy.
-    let req = CommitFile { conflict: Conflict::Rename, name: "f".into(), ..req };
+    let req = CommitFile {
+        conflict: Conflict::Rename,
+        name: "f".into(),
+        ..req
+    };
     assert_eq!(meta.commit_file(&req, &no_place).await.unwrap().name, "f (1)");
 
     // A dedup hit with a different SHA-256 is a collision: refused, counts unchanged.
-    let evil = NewContent { sha256: "f".repeat(64), ..c2.clone() };
-    let req = CommitFile { content: evil, name: "evil".into(), ..req };
-    assert!(matches!(meta.commit_file(&req, &no_place).await, Err(MetaError::Collision)));
+    let evil = NewContent {
+        sha256: "f".repeat(64),
+        ..c2.clone()
+    };
+    let req = CommitFile {
+        content: evil,
+        name: "evil".into(),
+        ..req
+    };
+    assert!(matches!(
+        meta.commit_file(&req, &no_place).await,
+        Err(MetaError::Collision)
+    ));
     assert_eq!(refcount(&meta, &c2).await, 2);
     assert!(meta.lookup(u.id, root.id, "evil").await.unwrap().is_none());
 
@@ -204,7 +293,10 @@ async fn content_lifecycle(backend: Backend) {
         Ok(())
     };
     put(&meta, u.id, root.id, "revived", &c).await.unwrap();
-    assert!(!meta.gc_collect(&c.sha1, far, &remove).await.unwrap(), "revived content is kept");
+    assert!(
+        !meta.gc_collect(&c.sha1, far, &remove).await.unwrap(),
+        "revived content is kept"
+    );
     let rv = meta.lookup(u.id, root.id, "revived").await.unwrap().unwrap();
     meta.delete(u.id, rv.id, false).await.unwrap();
     assert!(meta.gc_collect(&c.sha1, far, &remove).await.unwrap());
@@ -253,7 +345,10 @@ async fn concurrent_dedup(backend: Backend) {
     }
     assert_eq!(refcount(&meta, &c).await, 24);
     assert_eq!(meta.list(u.id, root.id, "", 100).await.unwrap().len(), 24);
-    assert!(placed.load(Ordering::SeqCst) >= 24, "every commit made sure the bytes exist");
+    assert!(
+        placed.load(Ordering::SeqCst) >= 24,
+        "every commit made sure the bytes exist"
+    );
     meta.close().await;
     db.cleanup().await;
 }

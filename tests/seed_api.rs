@@ -45,7 +45,9 @@ async fn seed_user(s: &TestServer, user: &str) -> String {
 }
 
 async fn upload(s: &TestServer, user: &str, token: &str, name: &str, data: &[u8]) -> Value {
-    let form = Form::new().text("username", user.to_string()).part("file", Part::bytes(data.to_vec()).file_name(name.to_string()));
+    let form = Form::new()
+        .text("username", user.to_string())
+        .part("file", Part::bytes(data.to_vec()).file_name(name.to_string()));
     let r = s
         .http
         .post(s.url(&format!("/file/upload?username={user}&token={token}")))
@@ -67,12 +69,24 @@ async fn call(s: &TestServer, path: &str, params: &[(&str, &str)]) -> (StatusCod
 }
 
 async fn accounts(backend: Backend) {
-    let Some(s) = TestServer::start(backend).await else { return };
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
     let token = seed_user(&s, "alice").await;
     // Duplicate, invalid name, short password: 4xx with the envelope.
-    let (st, v) = call(&s, "/user/signup", &[("username", "alice"), ("password", "hunter2hunter2")]).await;
+    let (st, v) = call(
+        &s,
+        "/user/signup",
+        &[("username", "alice"), ("password", "hunter2hunter2")],
+    )
+    .await;
     assert_eq!((st, v["code"].as_i64()), (StatusCode::CONFLICT, Some(10003)));
-    let (st, v) = call(&s, "/user/signup", &[("username", "a b"), ("password", "hunter2hunter2")]).await;
+    let (st, v) = call(
+        &s,
+        "/user/signup",
+        &[("username", "a b"), ("password", "hunter2hunter2")],
+    )
+    .await;
     assert_eq!((st, v["code"].as_i64()), (StatusCode::BAD_REQUEST, Some(10001)));
     let (st, v) = call(&s, "/user/signup", &[("username", "bobby"), ("password", "short")]).await;
     assert_eq!((st, v["code"].as_i64()), (StatusCode::BAD_REQUEST, Some(10001)));
@@ -91,7 +105,13 @@ async fn accounts(backend: Backend) {
     assert!(v["data"]["SignupAt"].as_str().unwrap().len() == 19);
     let (st, _) = call(&s, "/user/info", &[("username", "alice"), ("token", &token)]).await;
     assert_eq!(st, 200);
-    let r = s.http.get(s.url("/user/info")).bearer_auth(&token).send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url("/user/info"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // Hole 8.1.1: any 40-character token, or a real token with another user's name.
@@ -105,7 +125,12 @@ async fn accounts(backend: Backend) {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // Disabled users cannot sign in and their tokens die.
-    s.running().services().meta.set_user_disabled("bob", true).await.unwrap();
+    s.running()
+        .services()
+        .meta
+        .set_user_disabled("bob", true)
+        .await
+        .unwrap();
     let (st, v) = seed_signin(&s, "bob", "hunter2hunter2").await;
     assert_eq!((st, v["code"].as_i64()), (StatusCode::FORBIDDEN, Some(10004)));
 
@@ -129,7 +154,9 @@ async fn accounts(backend: Backend) {
 }
 
 async fn files(backend: Backend) {
-    let Some(s) = TestServer::start(backend).await else { return };
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
     let t = seed_user(&s, "alice").await;
     let data = b"0123456789abcdefghij".repeat(1000);
     let hash = sha1_hex(&data);
@@ -152,7 +179,11 @@ async fn files(backend: Backend) {
     assert_eq!(arr[1]["FileName"], "report ü (1).txt");
     for bad in ["-1", "0", "ten"] {
         let (st, v) = call(&s, &format!("/file/query?token={t}"), &[("limit", bad)]).await;
-        assert_eq!((st, v["code"].as_i64()), (StatusCode::BAD_REQUEST, Some(10001)), "limit={bad}");
+        assert_eq!(
+            (st, v["code"].as_i64()),
+            (StatusCode::BAD_REQUEST, Some(10001)),
+            "limit={bad}"
+        );
     }
     let (_, v) = call(&s, &format!("/file/query?token={t}"), &[]).await;
     assert_eq!(v.as_array().unwrap().len(), 3);
@@ -162,12 +193,20 @@ async fn files(backend: Backend) {
     assert_eq!(st, 200);
     assert_eq!(v["FileName"], "report ü (1).txt");
     assert_eq!(v["FileSha1"], hash);
-    assert!(!v["Location"].as_str().unwrap().contains('/'), "no server path is exposed");
+    assert!(
+        !v["Location"].as_str().unwrap().contains('/'),
+        "no server path is exposed"
+    );
     let (st, _) = call(&s, &format!("/file/meta?token={t}&filehash=../../etc/passwd"), &[]).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
 
     // Download: whole, ranged, with an RFC 5987 file name.
-    let r = s.http.get(s.url(&format!("/file/download?token={t}&filehash={hash}"))).send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url(&format!("/file/download?token={t}&filehash={hash}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let cd = r.headers()["content-disposition"].to_str().unwrap().to_string();
     assert!(cd.contains("filename*=UTF-8''report%20%C3%BC%20%281%29.txt"), "{cd}");
@@ -181,7 +220,10 @@ async fn files(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(r.headers()["content-range"], format!("bytes 10-19/{}", data.len()).as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{}", data.len()).as_str()
+    );
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[10..20]);
 
     // downloadurl: a link that works without the token and does not contain it.
@@ -197,16 +239,41 @@ async fn files(backend: Backend) {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
     // Update renames the newest entry; op must be 0; GET is refused.
-    let (st, v) = call(&s, &format!("/file/update?token={t}"), &[("op", "0"), ("filehash", &hash), ("filename", "final.txt")]).await;
+    let (st, v) = call(
+        &s,
+        &format!("/file/update?token={t}"),
+        &[("op", "0"), ("filehash", &hash), ("filename", "final.txt")],
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["FileName"], "final.txt");
-    let (st, _) = call(&s, &format!("/file/update?token={t}"), &[("op", "1"), ("filehash", &hash), ("filename", "x")]).await;
+    let (st, _) = call(
+        &s,
+        &format!("/file/update?token={t}"),
+        &[("op", "1"), ("filehash", &hash), ("filename", "x")],
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, _) = call(&s, &format!("/file/update?token={t}"), &[("op", "0"), ("filehash", &hash), ("filename", "a/b")]).await;
+    let (st, _) = call(
+        &s,
+        &format!("/file/update?token={t}"),
+        &[("op", "0"), ("filehash", &hash), ("filename", "a/b")],
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    let (st, _) = call(&s, &format!("/file/update?token={t}"), &[("op", "0"), ("filehash", &hash), ("filename", "evil.txt")]).await;
+    let (st, _) = call(
+        &s,
+        &format!("/file/update?token={t}"),
+        &[("op", "0"), ("filehash", &hash), ("filename", "evil.txt")],
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT);
-    let r = s.http.get(s.url(&format!("/file/update?token={t}"))).send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url(&format!("/file/update?token={t}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert!(r.json::<Value>().await.is_ok(), "405 has a JSON body");
 
@@ -219,14 +286,20 @@ async fn files(backend: Backend) {
     let (st, v) = call(&s, &format!("/file/meta?token={t}&filehash={hash}"), &[]).await;
     assert_eq!((st, v["code"].as_i64()), (StatusCode::NOT_FOUND, Some(10001)));
     let (_, v) = call(&s, &format!("/file/query?token={t}"), &[]).await;
-    assert_eq!(v.as_array().unwrap().len(), 1, "deleted files are not listed (hole 8.3.16)");
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "deleted files are not listed (hole 8.3.16)"
+    );
     s.stop().await;
 }
 
 /// Hole 8.1.3: knowing a hash gives nothing. Bob cannot read, list, rename or delete
 /// Alice's file, and his own copy of the same bytes does not touch hers.
 async fn other_users_files(backend: Backend) {
-    let Some(s) = TestServer::start(backend).await else { return };
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
     let ta = seed_user(&s, "alice").await;
     let tb = seed_user(&s, "bob").await;
     let data = b"alice's private bytes".to_vec();
@@ -236,7 +309,12 @@ async fn other_users_files(backend: Backend) {
         let (st, v) = call(&s, &format!("{path}?username=bob&token={tb}&filehash={hash}"), &[]).await;
         assert_eq!(st, StatusCode::NOT_FOUND, "{path}: {v}");
     }
-    let (st, _) = call(&s, &format!("/file/update?token={tb}"), &[("op", "0"), ("filehash", &hash), ("filename", "x")]).await;
+    let (st, _) = call(
+        &s,
+        &format!("/file/update?token={tb}"),
+        &[("op", "0"), ("filehash", &hash), ("filename", "x")],
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     // Bob's token with Alice's name is refused outright.
     let (st, _) = call(&s, &format!("/file/query?username=alice&token={tb}"), &[]).await;
@@ -246,18 +324,28 @@ async fn other_users_files(backend: Backend) {
     // Bob uploads the same bytes and deletes his copy: Alice's is intact.
     upload(&s, "bob", &tb, "mine.txt", &data).await;
     call(&s, &format!("/file/delete?token={tb}"), &[("filehash", &hash)]).await;
-    let r = s.http.get(s.url(&format!("/file/download?token={ta}&filehash={hash}"))).send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url(&format!("/file/download?token={ta}&filehash={hash}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
     // A ticket of Alice's cannot be bent to another file.
     let (_, url) = call(&s, &format!("/file/downloadurl?token={ta}&filehash={hash}"), &[]).await;
     let other = upload(&s, "bob", &tb, "b.txt", b"bob").await;
-    let bent = url.as_str().unwrap().replace(&hash, other["FileHash"].as_str().unwrap());
+    let bent = url
+        .as_str()
+        .unwrap()
+        .replace(&hash, other["FileHash"].as_str().unwrap());
     assert_eq!(s.http.get(&bent).send().await.unwrap().status(), StatusCode::NOT_FOUND);
     s.stop().await;
 }
 
 async fn upload_limits(backend: Backend) {
-    let Some(s) = TestServer::start_with(backend, |c| c.server.max_upload_bytes = 10_000).await else { return };
+    let Some(s) = TestServer::start_with(backend, |c| c.server.max_upload_bytes = 10_000).await else {
+        return;
+    };
     let t = seed_user(&s, "alice").await;
     // A declared length over the limit is refused before any body byte is read.
     let head = format!(
@@ -270,16 +358,34 @@ async fn upload_limits(backend: Backend) {
     // answers and closes without reading the rest, so a client still sending may see the
     // connection reset instead of the 413; either way nothing is stored.
     let form = Form::new().part("file", Part::stream(vec![7u8; 50_000]).file_name("big.bin"));
-    match s.http.post(s.url(&format!("/file/upload?token={t}"))).multipart(form).send().await {
+    match s
+        .http
+        .post(s.url(&format!("/file/upload?token={t}")))
+        .multipart(form)
+        .send()
+        .await
+    {
         Ok(r) => assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE),
         Err(e) => assert!(e.is_request(), "{e}"),
     }
     // Not multipart at all.
-    let r = s.http.post(s.url(&format!("/file/upload?token={t}"))).body("plain").send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/file/upload?token={t}")))
+        .body("plain")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // No file field.
     let form = Form::new().text("other", "x");
-    let r = s.http.post(s.url(&format!("/file/upload?token={t}"))).multipart(form).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/file/upload?token={t}")))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let (_, v) = call(&s, &format!("/file/query?token={t}"), &[]).await;
     assert_eq!(v.as_array().unwrap().len(), 0, "nothing was stored");

@@ -130,7 +130,8 @@ pub(crate) async fn small_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 /// and the server then closes the connection; saying so keeps clients from reusing it.
 pub(crate) async fn close_after_error(mut resp: Response) -> Response {
     if resp.status().is_client_error() || resp.status().is_server_error() {
-        resp.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
     resp
 }

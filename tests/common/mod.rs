@@ -42,13 +42,19 @@ impl TestDb {
                     return None;
                 };
                 let name = format!("fstest_{}", filestore::util::random_hex(6));
-                let mut c = sqlx::mysql::MySqlConnection::connect(&base).await.expect("connect to MariaDB");
+                let mut c = sqlx::mysql::MySqlConnection::connect(&base)
+                    .await
+                    .expect("connect to MariaDB");
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut c)
                     .await
                     .expect("create test database");
                 let url = format!("{}/{}", base.trim_end_matches('/'), name);
-                Some(TestDb { url, mysql: Some((base, name)), dir })
+                Some(TestDb {
+                    url,
+                    mysql: Some((base, name)),
+                    dir,
+                })
             }
         }
     }
@@ -56,7 +62,9 @@ impl TestDb {
     pub async fn cleanup(self) {
         if let Some((base, name)) = &self.mysql {
             if let Ok(mut c) = sqlx::mysql::MySqlConnection::connect(base).await {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut c).await;
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+                    .execute(&mut c)
+                    .await;
             }
         }
     }
@@ -64,8 +72,10 @@ impl TestDb {
 
 /// A configuration for a test server: ephemeral port, everything under the test's dir.
 pub fn test_config(db: &TestDb) -> Config {
-    let mut cfg = Config::default();
-    cfg.data_dir = db.dir.path().join("data").display().to_string();
+    let mut cfg = Config {
+        data_dir: db.dir.path().join("data").display().to_string(),
+        ..Default::default()
+    };
     cfg.database.url = db.url.clone();
     cfg.database.max_connections = 8;
     cfg.server.listen = "127.0.0.1:0".into();
@@ -95,8 +105,16 @@ impl TestServer {
         tweak(&mut cfg);
         let running = server::start(cfg).await.expect("server starts");
         let base = format!("http://{}", running.addr);
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-        Some(TestServer { base, running: Some(running), db, http })
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        Some(TestServer {
+            base,
+            running: Some(running),
+            db,
+            http,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -110,9 +128,21 @@ impl TestServer {
     /// Signs up and signs in through the JSON API; returns the token.
     pub async fn user(&self, name: &str) -> String {
         let creds = serde_json::json!({ "username": name, "password": "password-of-".to_string() + name });
-        let r = self.http.post(self.url("/api/v1/auth/signup")).json(&creds).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url("/api/v1/auth/signup"))
+            .json(&creds)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201, "signup {name}: {}", r.text().await.unwrap());
-        let r = self.http.post(self.url("/api/v1/auth/signin")).json(&creds).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url("/api/v1/auth/signin"))
+            .json(&creds)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
         v["token"].as_str().unwrap().to_string()
@@ -170,7 +200,11 @@ pub async fn raw_request(base: &str, request: &[u8]) -> (u16, String) {
         if let Some(end) = text.find("\r\n\r\n") {
             let len = text[..end]
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 break;
@@ -179,6 +213,9 @@ pub async fn raw_request(base: &str, request: &[u8]) -> (u16, String) {
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }

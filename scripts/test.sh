@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs and starts what the tests
+# need (MariaDB, curl), then runs formatting, lint and every test tier against the real
+# services. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# A shared target dir outside the clone: CI and developers reuse one build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/filestore/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo is not installed. Install Rust 1.94 or newer with rustup (https://rustup.rs), then rerun." >&2
+    exit 1
+fi
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_pkgs=()
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing ${need_pkgs[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# MariaDB on 127.0.0.1:3306, root without a password (the machine's test database server).
+MYSQL_URL="${FILESTORE_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}"
+if ! mariadb -h127.0.0.1 -uroot -e 'SELECT 1' >/dev/null 2>&1; then
+    log "starting MariaDB"
+    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 60); do
+        mariadb -h127.0.0.1 -uroot -e 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+fi
+mariadb -h127.0.0.1 -uroot -e 'SELECT 1' >/dev/null || { echo "MariaDB is not reachable on 127.0.0.1:3306" >&2; exit 1; }
+# Databases left by killed test runs.
+for db in $(mariadb -h127.0.0.1 -uroot -N -e "SHOW DATABASES LIKE 'fstest\\_%'"); do
+    mariadb -h127.0.0.1 -uroot -e "DROP DATABASE \`$db\`"
+done
+export FILESTORE_TEST_MYSQL_URL="$MYSQL_URL"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+log "cargo test (SQLite and MariaDB)"
+cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+
+log "systemd units"
+scripts/check-units.sh
+
+log "all tests passed"
