@@ -1,0 +1,1 @@
+//! FUSE adapter (work in progress).

@@ -1,0 +1,1 @@
+//! WebDAV adapter (work in progress).
