@@ -49,10 +49,10 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 
 log "cargo clippy -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 log "cargo test (SQLite and MariaDB)"
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}"
 
 log "systemd units"
 scripts/check-units.sh

@@ -142,13 +142,14 @@ async fn run(cli: Cli) -> Result<()> {
             let p = filestore::gc::run_once(
                 &s.meta,
                 &s.staging,
+                &s.uploads,
                 secs(cfg.storage.gc_grace_secs),
                 secs(cfg.storage.stale_after_secs),
             )
             .await?;
             println!(
-                "collected {} contents, removed {} temp files and {} orphaned objects, purged {} tokens",
-                p.collected, p.temp_files, p.orphans, p.tokens
+                "collected {} contents, removed {} temp files, {} orphaned objects and {} abandoned chunked uploads, purged {} tokens",
+                p.collected, p.temp_files, p.orphans, p.upload_parts, p.tokens
             );
             Ok(())
         }

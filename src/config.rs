@@ -42,6 +42,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
+    pub sessions: SessionsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +102,26 @@ pub struct AuthConfig {
     pub signin_per_minute_per_ip: u32,
     /// Lifetime of the links `/file/downloadurl` hands out, in seconds.
     pub download_link_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Redis for chunked-upload sessions, shared by every gateway (`redis://host:6379/0`).
+    /// Empty keeps them in the metadata database (the embedded default).
+    pub redis_url: String,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Seconds an upload session lives without activity.
+    pub ttl_secs: u64,
+    /// Chunk size offered to clients, in bytes (the seed's 5 MiB).
+    pub chunk_size: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig { redis_url: String::new(), key_prefix: "filestore:".into(), ttl_secs: 24 * 3600, chunk_size: 5 << 20 }
+    }
 }
 
 impl Default for ServerConfig {
@@ -196,6 +217,9 @@ impl Config {
                 "database.url must start with sqlite:// or mysql://".into(),
             ));
         }
+        if self.sessions.chunk_size < 64 * 1024 || self.sessions.chunk_size > 1 << 30 {
+            return Err(ConfigError::Invalid("sessions.chunk_size must be between 64 KiB and 1 GiB".into()));
+        }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid(format!(
                 "server.listen `{}` is not an address:port",
@@ -236,6 +260,7 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = crate::meta::store_redact_url(&shown.database.url);
+        shown.sessions.redis_url = crate::meta::store_redact_url(&shown.sessions.redis_url);
         toml::to_string_pretty(&shown).unwrap_or_default()
     }
 }

@@ -13,6 +13,7 @@
 //!
 //! At no point is an entry visible whose bytes are not all stored and fsynced.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -120,8 +121,28 @@ impl Drive {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        self.check_target(user, &target).await?;
+        let staged = self.staging.receive(body, self.max_upload).await?;
+        failpoint("upload.staged");
+        // New content is synced here, outside the transaction, so the sync in `place`
+        // finds nothing left to flush while the row is locked; a dedup hit skips it.
+        let stored = match self.meta.content(&staged.sha1).await? {
+            Some(c) => c.store != "local" || self.staging.objects().contains(&c.sha1),
+            None => false,
+        };
+        if !stored {
+            staged.sync().await.map_err(BlobError::from)?;
+        }
+        let content = NewContent { sha1: staged.sha1.clone(), sha256: staged.sha256.clone(), size: staged.size as i64 };
+        let entry = self.commit(user, target, content, staged.path()).await?;
+        failpoint("upload.committed");
+        tracing::debug!(user = %user.name, sha1 = %staged.sha1, size = staged.size, "upload committed");
+        Ok(entry)
+    }
+
+    /// Fails early, before gigabytes are received, if `target` cannot take a file.
+    pub async fn check_target(&self, user: &User, target: &UploadTarget) -> Result<()> {
         validate_name(&target.name)?;
-        // Fail before receiving possibly gigabytes if the destination cannot take them.
         match self.meta.entry(user.id, target.parent).await? {
             None => return Err(MetaError::NotFound.into()),
             Some(p) if !p.is_dir() => return Err(MetaError::NotADirectory.into()),
@@ -131,17 +152,18 @@ impl Drive {
         {
             return Err(MetaError::AlreadyExists.into());
         }
-        let staged = self.staging.receive(body, self.max_upload).await?;
-        failpoint("upload.staged");
+        Ok(())
+    }
+
+    /// Commits bytes already on the staging disk at `path` (hashed by the server) as a file
+    /// entry; `path` is hard-linked into the store if the content is new there.
+    pub async fn commit(&self, user: &User, target: UploadTarget, content: NewContent, path: &Path) -> Result<Entry> {
+        validate_name(&target.name)?;
         let req = CommitFile {
             owner: user.id,
             parent: target.parent,
             name: target.name,
-            content: NewContent {
-                sha1: staged.sha1.clone(),
-                sha256: staged.sha256.clone(),
-                size: staged.size as i64,
-            },
+            content,
             conflict: target.conflict,
             mode: FILE_MODE,
             mtime: target.mtime,
@@ -149,15 +171,35 @@ impl Drive {
         let objects = self.staging.objects();
         let place = |c: &Content| -> std::io::Result<()> {
             if c.store == "local" {
-                objects.place(&c.sha1, staged.path())?;
+                objects.place(&c.sha1, path)?;
             }
             failpoint("upload.placed");
             Ok(())
         };
-        let entry = self.meta.commit_file(&req, &place).await?;
-        failpoint("upload.committed");
-        tracing::debug!(user = %user.name, sha1 = %staged.sha1, size = staged.size, "upload committed");
-        Ok(entry)
+        Ok(self.meta.commit_file(&req, &place).await?)
+    }
+
+    /// A new entry for content the store already holds (instant upload). The caller has
+    /// established the user's right to it.
+    pub async fn link(&self, user: &User, target: UploadTarget, content: &Content) -> Result<Entry> {
+        validate_name(&target.name)?;
+        let req = CommitFile {
+            owner: user.id,
+            parent: target.parent,
+            name: target.name,
+            content: NewContent { sha1: content.sha1.clone(), sha256: content.sha256.clone(), size: content.size },
+            conflict: target.conflict,
+            mode: FILE_MODE,
+            mtime: target.mtime,
+        };
+        let objects = self.staging.objects();
+        let present = |c: &Content| -> std::io::Result<()> {
+            if c.store == "local" && !objects.contains(&c.sha1) {
+                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "content bytes are gone"));
+            }
+            Ok(())
+        };
+        Ok(self.meta.commit_file(&req, &present).await?)
     }
 
     pub async fn mkdir(&self, user: &User, parent: i64, name: &str) -> Result<Entry> {

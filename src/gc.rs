@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::blob::{staging::older_than, LocalStore, Staging};
 use crate::meta::{now_ms, MetaError, MetaStore};
+use crate::uploads::Uploads;
 
 /// Collects every content whose grace period is over. Returns how many were deleted.
 pub async fn collect_garbage(meta: &MetaStore, objects: &LocalStore, grace: Duration) -> Result<usize, MetaError> {
@@ -88,24 +89,31 @@ pub struct Pass {
     pub temp_files: usize,
     pub orphans: usize,
     pub tokens: u64,
+    /// Data files of abandoned chunked uploads.
+    pub upload_parts: usize,
 }
 
 /// One pass: collection, the staging sweep and the token purge (`filestore gc` runs this).
 pub async fn run_once(
     meta: &MetaStore,
     staging: &Staging,
+    uploads: &Uploads,
     grace: Duration,
     stale_after: Duration,
 ) -> Result<Pass, MetaError> {
     let collected = collect_garbage(meta, staging.objects(), grace).await?;
     let (temp_files, orphans) = sweep_staging(meta, staging, stale_after).await?;
     let tokens = meta.purge_expired_tokens(now_ms()).await?;
-    Ok(Pass {
-        collected,
-        temp_files,
-        orphans,
-        tokens,
-    })
+    meta.session_purge_expired(now_ms()).await?;
+    // A session store that is down (Redis) only delays this part of the sweep.
+    let upload_parts = match uploads.sweep(stale_after).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sweep chunked-upload data");
+            0
+        }
+    };
+    Ok(Pass { collected, temp_files, orphans, tokens, upload_parts })
 }
 
 /// Runs a pass every `interval` until `stop` fires. The first pass comes after one
@@ -113,6 +121,7 @@ pub async fn run_once(
 pub async fn run(
     meta: MetaStore,
     staging: Staging,
+    uploads: std::sync::Arc<Uploads>,
     grace: Duration,
     stale_after: Duration,
     interval: Duration,
@@ -123,7 +132,7 @@ pub async fn run(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
-        match run_once(&meta, &staging, grace, stale_after).await {
+        match run_once(&meta, &staging, &uploads, grace, stale_after).await {
             Ok(p) if p == Pass::default() => {}
             Ok(p) => tracing::info!(
                 collected = p.collected,

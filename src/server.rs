@@ -12,6 +12,9 @@ use crate::blob::Staging;
 use crate::config::Config;
 use crate::drive::Drive;
 use crate::http::{AppState, TicketKey};
+use crate::instant::Instant;
+use crate::sessions::{RedisSessions, SessionStore, SqlSessions};
+use crate::uploads::Uploads;
 use crate::meta::{store_redact_url, MetaError, MetaStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,8 @@ pub enum StartError {
     Meta(#[from] MetaError),
     #[error("staging directory {path}: {source}")]
     Staging { path: String, source: std::io::Error },
+    #[error("upload sessions: {0}")]
+    Sessions(crate::sessions::SessionError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -31,6 +36,8 @@ pub struct Services {
     pub accounts: Arc<Accounts>,
     pub drive: Arc<Drive>,
     pub staging: Staging,
+    pub uploads: Arc<Uploads>,
+    pub instant: Arc<Instant>,
 }
 
 impl Services {
@@ -54,12 +61,15 @@ impl Services {
         let max_upload = Some(cfg.server.max_upload_bytes).filter(|n| *n > 0);
         let drive = Drive::new(meta.clone(), staging.clone(), blobs, max_upload);
         let accounts = Accounts::new(meta.clone(), cfg.auth.clone());
-        Ok(Services {
-            meta,
-            accounts,
-            drive,
-            staging,
-        })
+        let sessions: Arc<dyn SessionStore> = if cfg.sessions.redis_url.is_empty() {
+            Arc::new(SqlSessions::new(meta.clone()))
+        } else {
+            Arc::new(RedisSessions::new(&cfg.sessions.redis_url, &cfg.sessions.key_prefix).map_err(StartError::Sessions)?)
+        };
+        let uploads = Uploads::new(drive.clone(), sessions, cfg.sessions.chunk_size, cfg.sessions.ttl_secs);
+        let key = meta.setting_or_init("instant_upload_key", &crate::util::random_hex(32)).await?;
+        let instant = Arc::new(Instant::new(drive.clone(), hex::decode(key).unwrap_or_default()));
+        Ok(Services { meta, accounts, drive, staging, uploads, instant })
     }
 }
 
@@ -98,6 +108,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     tokio::spawn(crate::gc::run(
         services.meta.clone(),
         services.staging.clone(),
+        services.uploads.clone(),
         Duration::from_secs(cfg.storage.gc_grace_secs),
         stale_after,
         Duration::from_secs(cfg.storage.gc_interval_secs.max(1)),
@@ -113,6 +124,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let state = AppState {
         drive: services.drive.clone(),
         accounts: services.accounts.clone(),
+        uploads: services.uploads.clone(),
+        instant: services.instant.clone(),
         config: Arc::new(cfg),
         tickets,
     };

@@ -43,19 +43,36 @@ impl LocalStore {
     /// Makes `staged` the stored copy of `sha1` unless one is there already. A hard link is
     /// atomic and never replaces a file that readers may have open; the temp file keeps its
     /// own name so that a transaction retry can place it again.
+    ///
+    /// The bytes and every directory entry on the way to them are synced before this
+    /// returns: the row that points at them commits right after.
     pub fn place(&self, sha1: &str, staged: &Path) -> std::io::Result<()> {
         let dest = self.path(sha1);
         if dest.is_file() {
             return Ok(());
         }
+        std::fs::File::open(staged)?.sync_data()?;
         let dir = dest.parent().expect("sharded path has a parent");
-        std::fs::create_dir_all(dir)?;
-        match std::fs::hard_link(staged, &dest) {
+        let linked = match std::fs::hard_link(staged, &dest) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // First object of this shard: create the shard directories, and sync the
+                // directories that gained an entry, so the path itself survives a crash.
+                let top = dir.parent().expect("two-level shard");
+                let new_top = !top.exists();
+                std::fs::create_dir_all(dir)?;
+                std::fs::File::open(top)?.sync_all()?;
+                if new_top {
+                    std::fs::File::open(&self.objects)?.sync_all()?;
+                }
+                std::fs::hard_link(staged, &dest)
+            }
+            other => other,
+        };
+        match linked {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
             Err(e) => return Err(e),
         }
-        // The link must survive a power loss before the row that points at it commits.
         std::fs::File::open(dir)?.sync_all()
     }
 

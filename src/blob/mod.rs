@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use local::{is_sha1_hex, LocalStore};
-pub use staging::{StagedFile, Staging};
+pub use staging::{hash_file, StagedFile, Staging};
 
 use crate::meta::Content;
 

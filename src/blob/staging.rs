@@ -19,10 +19,13 @@ const QUEUE: usize = 16;
 /// not have to flush a whole large upload at once.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
-/// `<root>/incoming` for uploads in progress, `<root>/objects` for committed content.
+/// `<root>/incoming` for uploads in progress, `<root>/parts` for chunked uploads (one
+/// sparse file per session, chunks written at their offsets), `<root>/objects` for
+/// committed content.
 #[derive(Debug, Clone)]
 pub struct Staging {
     incoming: PathBuf,
+    parts: PathBuf,
     objects: LocalStore,
 }
 
@@ -39,6 +42,14 @@ pub struct StagedFile {
 impl StagedFile {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Flushes the bytes to disk (done off the async threads).
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 }
 
@@ -63,13 +74,17 @@ impl Staging {
     /// Opens (creating if needed) the staging directory `root`.
     pub fn open(root: &Path) -> std::io::Result<Staging> {
         let incoming = root.join("incoming");
+        let parts = root.join("parts");
         let objects = root.join("objects");
-        std::fs::create_dir_all(&incoming)?;
-        std::fs::create_dir_all(&objects)?;
-        Ok(Staging {
-            incoming,
-            objects: LocalStore::new(objects),
-        })
+        for d in [&incoming, &parts, &objects] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(Staging { incoming, parts, objects: LocalStore::new(objects) })
+    }
+
+    /// Where chunked uploads assemble.
+    pub fn parts_dir(&self) -> &Path {
+        &self.parts
     }
 
     /// The committed content kept on this disk.
@@ -77,8 +92,7 @@ impl Staging {
         &self.objects
     }
 
-    /// Streams `body` into a new temp file, computing SHA-1, SHA-256 and size on the way,
-    /// and fsyncs it. Over `limit` bytes the upload is refused with `TooLarge` and the temp
+    /// Streams `body` into a new temp file, computing SHA-1, SHA-256 and size on the way. Over `limit` bytes the upload is refused with `TooLarge` and the temp
     /// file removed. Memory use is bounded by the queue, whatever the body's size.
     pub async fn receive<S, E>(&self, body: S, limit: Option<u64>) -> Result<StagedFile, BlobError>
     where
@@ -169,7 +183,9 @@ fn write_and_hash(mut file: std::fs::File, mut rx: tokio::sync::mpsc::Receiver<B
             flushed = written;
         }
     }
-    file.sync_data()?;
+    // No fsync here: if the content turns out to be stored already, these bytes are
+    // dropped, and syncing them would only slow every dedup hit down to disk speed. The
+    // copy that becomes the stored one is synced before it is linked (`LocalStore::place`).
     Ok((hex::encode(sha1.finalize()), hex::encode(sha256.finalize()), written))
 }
 
@@ -185,3 +201,37 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
+
+/// SHA-1, SHA-256 and size of a file, read once. The two digests run on two threads so
+/// that completing a large chunked upload costs about one hash, not two.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, String, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
+    let sha256 = std::thread::spawn(move || {
+        let mut h = sha2::Sha256::new();
+        for chunk in rx {
+            h.update(&chunk);
+        }
+        hex::encode(h.finalize())
+    });
+    let mut sha1 = sha1::Sha1::new();
+    let mut size = 0u64;
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        let chunk = Bytes::from(buf);
+        sha1.update(&chunk);
+        size += n as u64;
+        if tx.send(chunk).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let sha256 = sha256.join().map_err(|_| std::io::Error::other("hashing thread panicked"))?;
+    Ok((hex::encode(sha1.finalize()), sha256, size))
+}

@@ -148,6 +148,29 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<crate::uploads::UploadError> for ApiError {
+    fn from(e: crate::uploads::UploadError) -> Self {
+        use crate::sessions::SessionError;
+        use crate::uploads::UploadError as U;
+        use StatusCode as S;
+        let msg = e.to_string();
+        match e {
+            U::Session(SessionError::Unavailable(_)) => {
+                tracing::error!(error = %msg, "session store unavailable");
+                ApiError::new(S::SERVICE_UNAVAILABLE, "sessions_unavailable", msg)
+            }
+            U::Session(SessionError::Other(_)) | U::Io(_) => ApiError::internal(&msg),
+            U::NoSession => ApiError::new(S::NOT_FOUND, "no_such_upload", msg),
+            U::Invalid(_) | U::Body(_) => ApiError::bad_request(msg),
+            U::ChunkSize { .. } => ApiError::new(S::BAD_REQUEST, "bad_chunk_size", msg),
+            U::ChunkHash(_) => ApiError::new(S::BAD_REQUEST, "chunk_hash_mismatch", msg),
+            U::Incomplete(_) => ApiError::new(S::CONFLICT, "incomplete", msg),
+            U::Mismatch => ApiError::new(S::UNPROCESSABLE_ENTITY, "hash_mismatch", msg),
+            U::Drive(d) => d.into(),
+        }
+    }
+}
+
 /// An error of the seed API: the seed's `{code, msg, data}` envelope, with an HTTP status
 /// that says the same thing (the seed answered 200 for most failures; clients that read
 /// only `code` still work, and HTTP tools now see the failure).
@@ -231,4 +254,4 @@ macro_rules! seed_from {
         }
     )*};
 }
-seed_from!(MetaError, DriveError, AuthError, BlobError);
+seed_from!(MetaError, DriveError, AuthError, BlobError, crate::uploads::UploadError);

@@ -4,8 +4,10 @@
 mod content;
 mod error;
 mod seed;
+mod seed_upload;
 mod tickets;
 mod v1;
+mod v1_upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,8 +38,17 @@ pub const SMALL_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub drive: Arc<Drive>,
     pub accounts: Arc<Accounts>,
+    pub uploads: Arc<crate::uploads::Uploads>,
+    pub instant: Arc<crate::instant::Instant>,
     pub config: Arc<Config>,
     pub tickets: TicketKey,
+}
+
+impl AppState {
+    /// The largest body a chunk upload may declare.
+    pub(crate) fn uploads_chunk_limit(&self) -> u64 {
+        self.config.sessions.chunk_size
+    }
 }
 
 /// The whole router.
@@ -45,7 +56,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
         .merge(seed::routes())
-        .nest("/api/v1", v1::routes())
+        .merge(seed_upload::routes())
+        .nest("/api/v1", v1::routes().merge(v1_upload::routes()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -57,20 +57,20 @@ async fn to_web_page_h() -> Response {
 
 /// Form values as Go's `FormValue` saw them: the query string, overridden by a urlencoded
 /// body.
-struct Params(HashMap<String, String>);
+pub(super) struct Params(HashMap<String, String>);
 
 impl Params {
-    fn get(&self, k: &str) -> Option<&str> {
+    pub(super) fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
     }
 
-    fn required(&self, k: &str) -> Result<&str, SeedError> {
+    pub(super) fn required(&self, k: &str) -> Result<&str, SeedError> {
         self.get(k)
             .ok_or_else(|| SeedError::param(format!("missing parameter `{k}`")))
     }
 
     /// `filehash`, as 40 lowercase hex digits.
-    fn file_hash(&self) -> Result<String, SeedError> {
+    pub(super) fn file_hash(&self) -> Result<String, SeedError> {
         let h = self.required("filehash")?.to_ascii_lowercase();
         if !crate::blob::is_sha1_hex(&h) {
             return Err(SeedError::param("filehash must be 40 hexadecimal digits"));
@@ -91,13 +91,13 @@ fn parse_urlencoded(s: &str, into: &mut HashMap<String, String>) {
     }
 }
 
-fn query_params(parts: &Parts) -> Params {
+pub(super) fn query_params(parts: &Parts) -> Params {
     let mut m = HashMap::new();
     parse_urlencoded(parts.uri.query().unwrap_or(""), &mut m);
     Params(m)
 }
 
-async fn params(req: Request) -> Result<(Parts, Params), SeedError> {
+pub(super) async fn params(req: Request) -> Result<(Parts, Params), SeedError> {
     let (parts, body) = req.into_parts();
     let mut p = query_params(&parts);
     let form = parts
@@ -115,7 +115,7 @@ async fn params(req: Request) -> Result<(Parts, Params), SeedError> {
 
 /// The caller, from `Authorization: Bearer` or the `token` parameter. When `username` is
 /// given it must be the token's owner: a token is not a key to other accounts.
-async fn caller(st: &AppState, parts: &Parts, p: &Params) -> Result<User, SeedError> {
+pub(super) async fn caller(st: &AppState, parts: &Parts, p: &Params) -> Result<User, SeedError> {
     let token = bearer(parts).or_else(|| p.get("token")).ok_or_else(SeedError::token)?;
     let user = st.accounts.authenticate(token).await.map_err(|e| match e {
         crate::accounts::AuthError::InvalidToken => SeedError::token(),
@@ -127,11 +127,11 @@ async fn caller(st: &AppState, parts: &Parts, p: &Params) -> Result<User, SeedEr
     }
 }
 
-fn ok(msg: &str, data: Value) -> Response {
+pub(super) fn ok(msg: &str, data: Value) -> Response {
     Json(json!({ "code": code::OK, "msg": msg, "data": data })).into_response()
 }
 
-fn user_file(user: &User, e: &Entry) -> Value {
+pub(super) fn user_file(user: &User, e: &Entry) -> Value {
     json!({
         "UserName": user.name,
         "FileHash": e.sha1,

@@ -66,7 +66,7 @@ pub struct EntryJson {
     pub created: String,
 }
 
-fn entry_json(e: &Entry, path: &str) -> EntryJson {
+pub(super) fn entry_json(e: &Entry, path: &str) -> EntryJson {
     EntryJson {
         id: e.id,
         name: e.name.clone(),
@@ -84,7 +84,7 @@ fn entry_json(e: &Entry, path: &str) -> EntryJson {
 }
 
 /// `/a/b` for a path parameter, whatever slashes the client used.
-fn normal(path: &str) -> String {
+pub(super) fn normal(path: &str) -> String {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     format!("/{}", parts.join("/"))
 }
@@ -97,7 +97,7 @@ fn child_path(dir: &str, name: &str) -> String {
     }
 }
 
-async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(super) async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = small_body(body).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }

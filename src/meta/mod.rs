@@ -11,6 +11,7 @@
 //! that reads and then writes can fail with SQLITE_BUSY instead of waiting).
 
 mod error;
+mod sessions;
 mod store;
 mod tree;
 mod types;

@@ -1,0 +1,134 @@
+//! Upload sessions of the embedded default, in the metadata database.
+
+use super::{Dialect, MetaError, MetaStore};
+use crate::sessions::UploadSession;
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: String,
+    owner: i64,
+    sha1: String,
+    size: i64,
+    chunk_size: i64,
+    chunk_count: i64,
+    target: String,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl From<SessionRow> for UploadSession {
+    fn from(r: SessionRow) -> Self {
+        UploadSession {
+            id: r.id,
+            owner: r.owner,
+            sha1: r.sha1,
+            size: r.size,
+            chunk_size: r.chunk_size,
+            chunk_count: r.chunk_count,
+            target: r.target,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+macro_rules! session_cols {
+    () => {
+        "id, owner, sha1, size, chunk_size, chunk_count, target, created_at, expires_at"
+    };
+}
+
+impl MetaStore {
+    pub async fn session_create(&self, s: &UploadSession) -> Result<(), MetaError> {
+        let _g = self.write_gate().await;
+        sqlx::query(concat!("INSERT INTO upload_sessions (", session_cols!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&s.id)
+            .bind(s.owner)
+            .bind(&s.sha1)
+            .bind(s.size)
+            .bind(s.chunk_size)
+            .bind(s.chunk_count)
+            .bind(&s.target)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn session_get(&self, id: &str, now: i64) -> Result<Option<UploadSession>, MetaError> {
+        let row: Option<SessionRow> =
+            sqlx::query_as(concat!("SELECT ", session_cols!(), " FROM upload_sessions WHERE id = ? AND expires_at > ?"))
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(Into::into))
+    }
+
+    pub async fn session_find(&self, owner: i64, sha1: &str, size: i64, now: i64) -> Result<Option<UploadSession>, MetaError> {
+        let row: Option<SessionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM upload_sessions WHERE owner = ? AND sha1 = ? AND size = ? AND expires_at > ? ORDER BY created_at DESC LIMIT 1"
+        ))
+        .bind(owner)
+        .bind(sha1)
+        .bind(size)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Records a part and extends the session, unless it is gone or expired.
+    pub async fn session_record_part(&self, id: &str, idx: i64, now: i64, ttl_ms: i64) -> Result<bool, MetaError> {
+        let _g = self.write_gate().await;
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query("UPDATE upload_sessions SET expires_at = ? WHERE id = ? AND expires_at > ?")
+            .bind(now + ttl_ms)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let sql = match self.dialect {
+            Dialect::Sqlite => "INSERT INTO upload_parts (session_id, idx) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            Dialect::MySql => "INSERT IGNORE INTO upload_parts (session_id, idx) VALUES (?, ?)",
+        };
+        sqlx::query(sql).bind(id).bind(idx).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn session_parts(&self, id: &str) -> Result<Vec<i64>, MetaError> {
+        Ok(sqlx::query_scalar("SELECT idx FROM upload_parts WHERE session_id = ? ORDER BY idx")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn session_delete(&self, id: &str) -> Result<(), MetaError> {
+        let _g = self.write_gate().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM upload_parts WHERE session_id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM upload_sessions WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes expired sessions; returns how many.
+    pub async fn session_purge_expired(&self, now: i64) -> Result<u64, MetaError> {
+        let _g = self.write_gate().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM upload_parts WHERE session_id IN (SELECT id FROM upload_sessions WHERE expires_at <= ?)")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let res = sqlx::query("DELETE FROM upload_sessions WHERE expires_at <= ?").bind(now).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(res.rows_affected())
+    }
+}

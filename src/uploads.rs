@@ -1,0 +1,309 @@
+//! Resumable chunked uploads.
+//!
+//! `init` creates a session (or finds the caller's live session for the same content and
+//! size, and says which chunks it already has) and a sparse file `staging/parts/<id>.data`
+//! of the declared size. Each chunk is written at its offset in that file, fsynced, and
+//! only then recorded in the session, so a recorded chunk is on disk. Any gateway that
+//! shares the staging directory and the session store can take any chunk or complete the
+//! upload. `complete` hashes the assembled file, refuses it unless SHA-1 and size are the
+//! declared ones, and commits it like a streamed upload: the file is hard-linked into the
+//! store, so its bytes are written once.
+//!
+//! # What a crash leaves behind
+//! - during a chunk: a partly written range of an unrecorded chunk; the client resends it;
+//! - after the chunk is recorded: nothing to do, a resend is harmless;
+//! - during `complete`, before the commit: the session and its data file, intact; the
+//!   client retries `complete`;
+//! - after the commit, before the session is deleted: the file is visible; a retried
+//!   `complete` of a fixed-path upload replaces it with the same content, a seed upload
+//!   gets a second entry `name (1)`; abandoned sessions expire and the sweep removes their
+//!   data files.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sha1::Digest;
+
+use crate::blob::{hash_file, is_sha1_hex};
+use crate::drive::{Drive, DriveError, UploadTarget};
+use crate::meta::{now_ms, Entry, NewContent, User};
+use crate::sessions::{SessionError, SessionStore, UploadSession};
+use crate::util::{failpoint, random_hex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("no such upload session")]
+    NoSession,
+    #[error("invalid upload: {0}")]
+    Invalid(String),
+    #[error("chunk {index} must be {expected} bytes")]
+    ChunkSize { index: i64, expected: i64 },
+    #[error("chunk {0} does not match its SHA-1")]
+    ChunkHash(i64),
+    #[error("chunks missing: {0:?}")]
+    Incomplete(Vec<i64>),
+    #[error("the uploaded bytes do not match the declared SHA-1 and size; the upload was discarded")]
+    Mismatch,
+    #[error("reading the request body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Drive(#[from] DriveError),
+    #[error("upload staging I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = UploadError> = std::result::Result<T, E>;
+
+/// A session and the chunks it has.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub session: UploadSession,
+    pub received: Vec<i64>,
+}
+
+pub struct Uploads {
+    drive: Arc<Drive>,
+    sessions: Arc<dyn SessionStore>,
+    parts: PathBuf,
+    chunk_size: i64,
+    ttl_ms: i64,
+}
+
+/// How a session's target string encodes the destination.
+pub fn encode_target(conflict: crate::meta::Conflict, path: &str) -> String {
+    let c = match conflict {
+        crate::meta::Conflict::Fail => "fail",
+        crate::meta::Conflict::Replace => "replace",
+        crate::meta::Conflict::Rename => "rename",
+    };
+    format!("{c}:{path}")
+}
+
+pub fn decode_target(t: &str) -> (crate::meta::Conflict, &str) {
+    use crate::meta::Conflict;
+    match t.split_once(':') {
+        Some(("fail", p)) => (Conflict::Fail, p),
+        Some(("replace", p)) => (Conflict::Replace, p),
+        Some((_, p)) => (Conflict::Rename, p),
+        None => (Conflict::Rename, ""),
+    }
+}
+
+impl Uploads {
+    pub fn new(drive: Arc<Drive>, sessions: Arc<dyn SessionStore>, chunk_size: u64, ttl_secs: u64) -> Arc<Self> {
+        let parts = drive.staging().parts_dir().to_path_buf();
+        Arc::new(Uploads { drive, sessions, parts, chunk_size: chunk_size as i64, ttl_ms: ttl_secs as i64 * 1000 })
+    }
+
+    pub fn sessions(&self) -> &Arc<dyn SessionStore> {
+        &self.sessions
+    }
+
+    fn data_path(&self, id: &str) -> PathBuf {
+        self.parts.join(format!("{id}.data"))
+    }
+
+    /// Starts (or resumes) an upload of `size` bytes hashing to `sha1`, to go to `target`.
+    pub async fn init(&self, user: &User, sha1: &str, size: i64, target: String) -> Result<Progress> {
+        let sha1 = sha1.to_ascii_lowercase();
+        if !is_sha1_hex(&sha1) {
+            return Err(UploadError::Invalid("the SHA-1 must be 40 hexadecimal digits".into()));
+        }
+        if size < 0 {
+            return Err(UploadError::Invalid("the size must not be negative".into()));
+        }
+        if let Some(limit) = self.drive.max_upload() {
+            if size as u64 > limit {
+                return Err(DriveError::Blob(crate::blob::BlobError::TooLarge { limit }).into());
+            }
+        }
+        if let Some(s) = self.sessions.find(user.id, &sha1, size).await? {
+            if s.target == target && self.data_path(&s.id).is_file() {
+                let received = self.sessions.parts(&s.id).await?;
+                return Ok(Progress { session: s, received });
+            }
+        }
+        let now = now_ms();
+        let chunk_count = (size + self.chunk_size - 1) / self.chunk_size;
+        let s = UploadSession {
+            id: random_hex(16),
+            owner: user.id,
+            sha1,
+            size,
+            chunk_size: self.chunk_size,
+            chunk_count,
+            target,
+            created_at: now,
+            expires_at: now + self.ttl_ms,
+        };
+        // The data file first: a session without one would be unusable, a file without a
+        // session is swept.
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(self.data_path(&s.id))?;
+        file.set_len(size as u64)?;
+        self.sessions.create(&s).await?;
+        Ok(Progress { session: s, received: Vec::new() })
+    }
+
+    /// The caller's session `id` (someone else's is "no such session").
+    pub async fn session(&self, user: &User, id: &str) -> Result<UploadSession> {
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(UploadError::NoSession);
+        }
+        match self.sessions.get(id).await? {
+            Some(s) if s.owner == user.id => Ok(s),
+            _ => Err(UploadError::NoSession),
+        }
+    }
+
+    pub async fn status(&self, user: &User, id: &str) -> Result<Progress> {
+        let session = self.session(user, id).await?;
+        let received = self.sessions.parts(id).await?;
+        Ok(Progress { session, received })
+    }
+
+    /// Writes chunk `index` (1-based) from `body`. Every chunk but the last is exactly
+    /// `chunk_size` bytes; `chunk_sha1`, when given, is checked. Re-sending a chunk is
+    /// harmless. Returns how many chunks the session now has.
+    pub async fn put_part<S, E>(&self, user: &User, id: &str, index: i64, body: S, chunk_sha1: Option<&str>) -> Result<usize>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let s = self.session(user, id).await?;
+        if index < 1 || index > s.chunk_count {
+            return Err(UploadError::Invalid(format!("index must be between 1 and {}", s.chunk_count)));
+        }
+        let expected = if index < s.chunk_count { s.chunk_size } else { s.size - (s.chunk_count - 1) * s.chunk_size };
+        let want_hash = match chunk_sha1 {
+            Some(h) if is_sha1_hex(&h.to_ascii_lowercase()) => Some(h.to_ascii_lowercase()),
+            Some(_) => return Err(UploadError::Invalid("chkhash must be 40 hexadecimal digits".into())),
+            None => None,
+        };
+        let mut file = std::fs::OpenOptions::new().write(true).open(self.data_path(id)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                UploadError::NoSession
+            } else {
+                e.into()
+            }
+        })?;
+        let offset = (index - 1) * s.chunk_size;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let hash = want_hash.is_some();
+        // The file is written on a blocking thread, fed through a bounded queue.
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Option<String>)> {
+            file.seek(SeekFrom::Start(offset as u64))?;
+            let mut sha1 = sha1::Sha1::new();
+            let mut n = 0u64;
+            while let Some(chunk) = rx.blocking_recv() {
+                if hash {
+                    sha1.update(&chunk);
+                }
+                file.write_all(&chunk)?;
+                n += chunk.len() as u64;
+            }
+            file.sync_data()?;
+            Ok((n, hash.then(|| hex::encode(sha1.finalize()))))
+        });
+        let mut got = 0i64;
+        let mut failure = None;
+        let mut body = std::pin::pin!(body);
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => {
+                    got += chunk.len() as i64;
+                    if got > expected {
+                        failure = Some(UploadError::ChunkSize { index, expected });
+                        break;
+                    }
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(UploadError::Body(e.to_string()));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer.await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        let (n, digest) = written?;
+        if n as i64 != expected {
+            return Err(UploadError::ChunkSize { index, expected });
+        }
+        if want_hash.is_some() && digest != want_hash {
+            return Err(UploadError::ChunkHash(index));
+        }
+        failpoint("uppart.written");
+        if !self.sessions.record_part(id, index, self.ttl_ms).await? {
+            return Err(UploadError::NoSession);
+        }
+        Ok(self.sessions.parts(id).await?.len())
+    }
+
+    /// Verifies and commits the upload. `target` overrides the session's destination (the
+    /// seed names the file only at completion).
+    pub async fn complete(&self, user: &User, id: &str, target: UploadTarget) -> Result<Entry> {
+        let s = self.session(user, id).await?;
+        let parts = self.sessions.parts(id).await?;
+        let missing: Vec<i64> = (1..=s.chunk_count).filter(|i| parts.binary_search(i).is_err()).collect();
+        if !missing.is_empty() {
+            return Err(UploadError::Incomplete(missing));
+        }
+        self.drive.check_target(user, &target).await?;
+        let path = self.data_path(id);
+        let p = path.clone();
+        let (sha1, sha256, size) = tokio::task::spawn_blocking(move || hash_file(&p))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        if sha1 != s.sha1 || size as i64 != s.size {
+            tracing::info!(upload = id, declared = %s.sha1, actual = %sha1, "refused a chunked upload whose bytes do not match");
+            self.discard(id).await?;
+            return Err(UploadError::Mismatch);
+        }
+        let entry = self.drive.commit(user, target, NewContent { sha1, sha256, size: size as i64 }, &path).await?;
+        failpoint("complete.committed");
+        self.discard(id).await?;
+        Ok(entry)
+    }
+
+    /// Cancels an upload: the session and its bytes are removed.
+    pub async fn cancel(&self, user: &User, id: &str) -> Result<()> {
+        self.session(user, id).await?;
+        self.discard(id).await
+    }
+
+    async fn discard(&self, id: &str) -> Result<()> {
+        self.sessions.delete(id).await?;
+        match std::fs::remove_file(self.data_path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes data files whose session is gone (expired, or lost to a crash) and that
+    /// nobody wrote for `min_age`. Returns how many.
+    pub async fn sweep(&self, min_age: std::time::Duration) -> Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.parts)? {
+            let path = entry?.path();
+            let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".data")) else {
+                continue;
+            };
+            if crate::blob::staging::older_than(&path, min_age) && self.sessions.get(id).await?.is_none() {
+                if std::fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
