@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use filestore::client::credentials::Credentials;
+use filestore::client::{transfer, Client};
 use filestore::config::Config;
 use filestore::meta::{store_redact_url, MetaStore};
 use filestore::server::{self, Services};
@@ -43,6 +45,61 @@ enum Cmd {
     },
     /// Print the effective configuration (secrets redacted) and exit.
     CheckConfig,
+    /// Sign in to a server and keep the token (in the config dir, mode 0600).
+    Login {
+        /// Server URL, e.g. http://127.0.0.1:8080
+        #[arg(long, env = "FILESTORE_SERVER")]
+        server: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End the session and forget the token.
+    Logout,
+    /// Upload a file: instant when the server has the content, else chunked and resumable.
+    Upload {
+        file: PathBuf,
+        /// Remote path (a directory ending in `/` keeps the file name). Default: /NAME.
+        remote: Option<String>,
+        /// Chunks in flight.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+        /// Fail instead of replacing an existing remote file.
+        #[arg(long)]
+        no_overwrite: bool,
+    },
+    /// Download a file (resumes an interrupted download; verifies the SHA-1).
+    Download { remote: String, local: Option<PathBuf> },
+    /// List a remote directory.
+    Ls {
+        #[arg(default_value = "/")]
+        remote: String,
+        /// Sizes, dates and hashes.
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Create a remote directory.
+    Mkdir {
+        remote: String,
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Move or rename a remote entry.
+    Mv {
+        from: String,
+        to: String,
+        /// Replace an existing destination (rename(2) rules).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Delete a remote entry.
+    Rm {
+        remote: String,
+        /// Delete a directory with everything in it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
     /// Run one housekeeping pass now: delete unreferenced content whose grace period is
     /// over, remove what crashes left in the staging area, purge expired tokens.
     Gc,
@@ -135,6 +192,64 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::User { cmd } => user(load_config(&cli, None)?, cmd).await,
+        Cmd::Login { server, user, password_stdin } => login(server, user, *password_stdin).await,
+        Cmd::Logout => {
+            if let Some(c) = Credentials::load()? {
+                let client = Client::new(&c.server, Some(c.token))?;
+                if let Err(e) = client.signout().await {
+                    eprintln!("filestore: the server did not end the session ({e}); forgetting the token anyway");
+                }
+            }
+            Credentials::remove()?;
+            Ok(())
+        }
+        Cmd::Upload { file, remote, parallel, no_overwrite } => {
+            let client = logged_in()?;
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let remote = match remote.as_deref() {
+                None => format!("/{name}"),
+                Some(r) if r.ends_with('/') => format!("{r}{name}"),
+                Some(r) => r.to_string(),
+            };
+            let done = transfer::upload(&client, file, &remote, !no_overwrite, *parallel).await?;
+            println!("{} {} bytes sha1 {}", done.entry.path, done.entry.size, done.entry.sha1.unwrap_or_default());
+            Ok(())
+        }
+        Cmd::Download { remote, local } => {
+            let client = logged_in()?;
+            let local = match local {
+                Some(l) if l.is_dir() => l.join(remote.rsplit('/').next().unwrap_or("download")),
+                Some(l) => l.clone(),
+                None => PathBuf::from(remote.rsplit('/').find(|s| !s.is_empty()).unwrap_or("download")),
+            };
+            let e = transfer::download(&client, remote, &local).await?;
+            println!("{} {} bytes sha1 {}", local.display(), e.size, e.sha1.unwrap_or_default());
+            Ok(())
+        }
+        Cmd::Ls { remote, long } => {
+            let client = logged_in()?;
+            for e in client.list(remote).await? {
+                let name = if e.is_dir() { format!("{}/", e.name) } else { e.name.clone() };
+                if *long {
+                    println!("{:>14} {} {:<40} {name}", e.size, e.mtime, e.sha1.as_deref().unwrap_or("-"));
+                } else {
+                    println!("{name}");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Mkdir { remote, parents } => {
+            logged_in()?.mkdir(remote, *parents).await?;
+            Ok(())
+        }
+        Cmd::Mv { from, to, force } => {
+            logged_in()?.rename(from, to, *force).await?;
+            Ok(())
+        }
+        Cmd::Rm { remote, recursive } => {
+            logged_in()?.remove(remote, *recursive).await?;
+            Ok(())
+        }
         Cmd::Gc => {
             let cfg = load_config(&cli, None)?;
             let s = Services::open(&cfg).await?;
@@ -154,6 +269,22 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()> {
+    let password = read_password(password_stdin, false)?;
+    let client = Client::new(server, None)?;
+    let (token, expires) = client.signin(user, &password).await.context("signing in")?;
+    let creds = Credentials { server: server.trim_end_matches('/').to_string(), user: user.to_string(), token, expires };
+    let path = creds.save().context("saving the token")?;
+    println!("signed in to {} as {user}; token kept in {} until {}", creds.server, path.display(), creds.expires);
+    Ok(())
+}
+
+/// A client with the saved token.
+fn logged_in() -> Result<Client> {
+    let creds = Credentials::load()?.context("not signed in: run `filestore login --server URL --user NAME` first")?;
+    Ok(Client::new(&creds.server, Some(creds.token))?)
 }
 
 async fn serve(cfg: Config) -> Result<()> {

@@ -7,6 +7,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod accounts;
+pub mod client;
 pub mod blob;
 pub mod config;
 pub mod drive;

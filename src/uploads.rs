@@ -143,9 +143,13 @@ impl Uploads {
         };
         // The data file first: a session without one would be unusable, a file without a
         // session is swept.
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(self.data_path(&s.id))?;
+        let path = self.data_path(&s.id);
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
         file.set_len(size as u64)?;
-        self.sessions.create(&s).await?;
+        if let Err(e) = self.sessions.create(&s).await {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
         Ok(Progress { session: s, received: Vec::new() })
     }
 

@@ -1,0 +1,225 @@
+//! Uploads and downloads that survive interruptions.
+//!
+//! Upload: hash the file locally, try an instant upload (answering the server's challenge
+//! from the local bytes), else a chunked upload with several chunks in flight. The
+//! server keeps the session, so after Ctrl-C, a crash of the client or a restart of the
+//! server, running the same command again (or the retry loop of this one) asks the server
+//! which chunks it has and sends only the rest.
+//!
+//! Download: bytes go to `LOCAL.filestore-part`; an interrupted download resumes with a
+//! `Range` request guarded by `If-Range` (so changed content starts over), and the SHA-1 of
+//! the whole file is checked before it is renamed into place.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use sha1::Digest;
+
+use super::api::{Client, ClientError, Instant, RemoteEntry, Result};
+use super::progress::Progress;
+
+/// How long a transfer keeps retrying a server that does not answer (a restart, a
+/// network blip) before giving up.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Runs `op` until it succeeds, fails for good, or transient failures last `RETRY_FOR`.
+pub async fn retry<T, F, Fut>(what: &str, progress: Option<&Progress>, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    let mut warned = false;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && started.elapsed() < RETRY_FOR => {
+                if !warned {
+                    if let Some(p) = progress {
+                        p.note(&format!("{what}: {e}; retrying"));
+                    }
+                    warned = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// SHA-1 of a file, read in 1 MiB blocks on a blocking thread.
+pub async fn sha1_file(path: &Path, progress: Option<Progress>) -> std::io::Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&path)?;
+        let mut h = sha1::Sha1::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            if let Some(p) = &progress {
+                p.add(n as u64);
+            }
+        }
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// How an upload went.
+#[derive(Debug)]
+pub struct Uploaded {
+    pub entry: RemoteEntry,
+    pub instant: bool,
+    /// Chunks the server already had (a resumed upload).
+    pub resumed_chunks: u64,
+}
+
+/// Uploads `local` to `remote` (replacing a file there unless `overwrite` is false), with
+/// `parallel` chunks in flight.
+pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool, parallel: usize) -> Result<Uploaded> {
+    let size = std::fs::metadata(local)?.len();
+    let label = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let hashing = Progress::new(&format!("{label} (hashing)"), size);
+    let sha1 = sha1_file(local, Some(hashing.clone())).await?;
+    hashing.finish("hashed");
+    let progress = Progress::new(&label, size);
+
+    let first = retry("instant upload", Some(&progress), || client.instant(remote, &sha1, size, overwrite, None)).await?;
+    let linked = match first {
+        Instant::Linked(e) => Some(e),
+        Instant::Challenge(c) => {
+            let range = read_range(local, c.offset, c.length)?;
+            let answer = crate::instant::answer(&c.nonce, &range);
+            match retry("instant upload", Some(&progress), || {
+                client.instant(remote, &sha1, size, overwrite, Some((&c.nonce, &answer)))
+            })
+            .await?
+            {
+                Instant::Linked(e) => Some(e),
+                _ => None,
+            }
+        }
+        Instant::Refused => None,
+    };
+    if let Some(entry) = linked {
+        progress.set(size);
+        progress.finish("already on the server: linked without sending the bytes");
+        return Ok(Uploaded { entry, instant: true, resumed_chunks: 0 });
+    }
+
+    let session = retry("starting the upload", Some(&progress), || client.upload_init(remote, &sha1, size, overwrite)).await?;
+    let chunk = session.chunk_size;
+    let have: std::collections::HashSet<u64> = session.received.iter().copied().collect();
+    let resumed = have.len() as u64;
+    if resumed > 0 {
+        progress.note(&format!("resuming: the server has {resumed} of {} chunks", session.chunk_count));
+    }
+    let len_of = |i: u64| if i < session.chunk_count { chunk } else { size - (session.chunk_count - 1) * chunk };
+    progress.set(have.iter().map(|i| len_of(*i)).sum());
+    let missing: Vec<u64> = (1..=session.chunk_count).filter(|i| !have.contains(i)).collect();
+    let id = session.id.clone();
+    futures_util::stream::iter(missing)
+        .map(|index| {
+            let (client, progress, id, local) = (client.clone(), progress.clone(), id.clone(), local.to_path_buf());
+            async move {
+                let offset = (index - 1) * chunk;
+                let len = len_of(index);
+                let data = tokio::task::spawn_blocking(move || read_range(&local, offset, len))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??;
+                let digest = hex::encode(sha1::Sha1::digest(&data));
+                let data = Bytes::from(data);
+                retry("sending a chunk", Some(&progress), || client.upload_part(&id, index, data.clone(), &digest)).await?;
+                progress.add(len);
+                Ok::<(), ClientError>(())
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    let entry = retry("completing the upload", Some(&progress), || client.upload_complete(&id)).await?;
+    progress.finish("uploaded");
+    Ok(Uploaded { entry, instant: false, resumed_chunks: resumed })
+}
+
+/// Downloads `remote` to `local`, resuming a previous attempt, and checks the SHA-1.
+pub async fn download(client: &Client, remote: &str, local: &Path) -> Result<RemoteEntry> {
+    let entry = retry("looking up the file", None, || client.stat(remote)).await?;
+    if entry.is_dir() {
+        return Err(ClientError::Api {
+            status: 409,
+            code: "is_a_directory".into(),
+            message: format!("{remote} is a directory"),
+        });
+    }
+    let sha1 = entry.sha1.clone().unwrap_or_default();
+    let etag = format!("\"{sha1}\"");
+    let part = part_path(local);
+    let progress = Progress::new(&entry.name, entry.size as u64);
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match fetch_into(client, remote, &etag, &part, entry.size as u64, &progress).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && started.elapsed() < RETRY_FOR => {
+                progress.note(&format!("{e}; resuming"));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let got = sha1_file(&part, None).await?;
+    if got != sha1 {
+        let _ = std::fs::remove_file(&part);
+        return Err(ClientError::Protocol(format!("downloaded bytes hash to {got}, expected {sha1}; discarded")));
+    }
+    std::fs::rename(&part, local)?;
+    progress.finish("downloaded, SHA-1 verified");
+    Ok(entry)
+}
+
+fn part_path(local: &Path) -> PathBuf {
+    let mut name = local.file_name().unwrap_or_default().to_os_string();
+    name.push(".filestore-part");
+    local.with_file_name(name)
+}
+
+/// Appends what is missing of `remote` to `part`.
+async fn fetch_into(client: &Client, remote: &str, etag: &str, part: &Path, size: u64, progress: &Progress) -> Result<()> {
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    if have == size && size > 0 {
+        return Ok(()); // fully fetched before; the hash check decides
+    }
+    // A longer part file is not ours to append to: start over.
+    let have = if have > size { 0 } else { have };
+    let resp = client.get(remote, have, Some(etag)).await?;
+    let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+    let mut file = std::fs::OpenOptions::new().create(true).append(resumed).write(true).truncate(!resumed).open(part)?;
+    progress.set(if resumed { have } else { 0 });
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        file.write_all(&chunk)?;
+        progress.add(chunk.len() as u64);
+    }
+    file.sync_all()?;
+    Ok(())
+}
