@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs and starts what the tests
-# need (MariaDB, curl), then runs formatting, lint and every test tier against the real
+# need (MariaDB, Redis, curl), then runs formatting, lint and every test tier against the real
 # services. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,7 @@ need_pkgs=()
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     as_root apt-get update -qq
@@ -44,6 +45,16 @@ for db in $(mariadb -h127.0.0.1 -uroot -N -e "SHOW DATABASES LIKE 'fstest\\_%'")
     mariadb -h127.0.0.1 -uroot -e "DROP DATABASE \`$db\`"
 done
 export FILESTORE_TEST_MYSQL_URL="$MYSQL_URL"
+
+# Redis on 127.0.0.1:6379 (upload sessions). Tests use their own key prefixes.
+if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+    log "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.25; done
+fi
+redis-cli -h 127.0.0.1 ping >/dev/null || { echo "Redis is not reachable on 127.0.0.1:6379" >&2; exit 1; }
+redis-cli -h 127.0.0.1 --scan --pattern 'fstest:*' | xargs -r -n 500 redis-cli -h 127.0.0.1 del >/dev/null
+export FILESTORE_TEST_REDIS_URL="${FILESTORE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -192,7 +192,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::User { cmd } => user(load_config(&cli, None)?, cmd).await,
-        Cmd::Login { server, user, password_stdin } => login(server, user, *password_stdin).await,
+        Cmd::Login {
+            server,
+            user,
+            password_stdin,
+        } => login(server, user, *password_stdin).await,
         Cmd::Logout => {
             if let Some(c) = Credentials::load()? {
                 let client = Client::new(&c.server, Some(c.token))?;
@@ -203,16 +207,29 @@ async fn run(cli: Cli) -> Result<()> {
             Credentials::remove()?;
             Ok(())
         }
-        Cmd::Upload { file, remote, parallel, no_overwrite } => {
+        Cmd::Upload {
+            file,
+            remote,
+            parallel,
+            no_overwrite,
+        } => {
             let client = logged_in()?;
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let remote = match remote.as_deref() {
                 None => format!("/{name}"),
                 Some(r) if r.ends_with('/') => format!("{r}{name}"),
                 Some(r) => r.to_string(),
             };
             let done = transfer::upload(&client, file, &remote, !no_overwrite, *parallel).await?;
-            println!("{} {} bytes sha1 {}", done.entry.path, done.entry.size, done.entry.sha1.unwrap_or_default());
+            println!(
+                "{} {} bytes sha1 {}",
+                done.entry.path,
+                done.entry.size,
+                done.entry.sha1.unwrap_or_default()
+            );
             Ok(())
         }
         Cmd::Download { remote, local } => {
@@ -223,15 +240,29 @@ async fn run(cli: Cli) -> Result<()> {
                 None => PathBuf::from(remote.rsplit('/').find(|s| !s.is_empty()).unwrap_or("download")),
             };
             let e = transfer::download(&client, remote, &local).await?;
-            println!("{} {} bytes sha1 {}", local.display(), e.size, e.sha1.unwrap_or_default());
+            println!(
+                "{} {} bytes sha1 {}",
+                local.display(),
+                e.size,
+                e.sha1.unwrap_or_default()
+            );
             Ok(())
         }
         Cmd::Ls { remote, long } => {
             let client = logged_in()?;
             for e in client.list(remote).await? {
-                let name = if e.is_dir() { format!("{}/", e.name) } else { e.name.clone() };
+                let name = if e.is_dir() {
+                    format!("{}/", e.name)
+                } else {
+                    e.name.clone()
+                };
                 if *long {
-                    println!("{:>14} {} {:<40} {name}", e.size, e.mtime, e.sha1.as_deref().unwrap_or("-"));
+                    println!(
+                        "{:>14} {} {:<40} {name}",
+                        e.size,
+                        e.mtime,
+                        e.sha1.as_deref().unwrap_or("-")
+                    );
                 } else {
                     println!("{name}");
                 }
@@ -275,9 +306,19 @@ async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()> {
     let password = read_password(password_stdin, false)?;
     let client = Client::new(server, None)?;
     let (token, expires) = client.signin(user, &password).await.context("signing in")?;
-    let creds = Credentials { server: server.trim_end_matches('/').to_string(), user: user.to_string(), token, expires };
+    let creds = Credentials {
+        server: server.trim_end_matches('/').to_string(),
+        user: user.to_string(),
+        token,
+        expires,
+    };
     let path = creds.save().context("saving the token")?;
-    println!("signed in to {} as {user}; token kept in {} until {}", creds.server, path.display(), creds.expires);
+    println!(
+        "signed in to {} as {user}; token kept in {} until {}",
+        creds.server,
+        path.display(),
+        creds.expires
+    );
     Ok(())
 }
 

@@ -120,7 +120,12 @@ pub struct SessionsConfig {
 
 impl Default for SessionsConfig {
     fn default() -> Self {
-        SessionsConfig { redis_url: String::new(), key_prefix: "filestore:".into(), ttl_secs: 24 * 3600, chunk_size: 5 << 20 }
+        SessionsConfig {
+            redis_url: String::new(),
+            key_prefix: "filestore:".into(),
+            ttl_secs: 24 * 3600,
+            chunk_size: 5 << 20,
+        }
     }
 }
 
@@ -218,7 +223,9 @@ impl Config {
             ));
         }
         if self.sessions.chunk_size < 64 * 1024 || self.sessions.chunk_size > 1 << 30 {
-            return Err(ConfigError::Invalid("sessions.chunk_size must be between 64 KiB and 1 GiB".into()));
+            return Err(ConfigError::Invalid(
+                "sessions.chunk_size must be between 64 KiB and 1 GiB".into(),
+            ));
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid(format!(

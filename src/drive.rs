@@ -133,7 +133,11 @@ impl Drive {
         if !stored {
             staged.sync().await.map_err(BlobError::from)?;
         }
-        let content = NewContent { sha1: staged.sha1.clone(), sha256: staged.sha256.clone(), size: staged.size as i64 };
+        let content = NewContent {
+            sha1: staged.sha1.clone(),
+            sha256: staged.sha256.clone(),
+            size: staged.size as i64,
+        };
         let entry = self.commit(user, target, content, staged.path()).await?;
         failpoint("upload.committed");
         tracing::debug!(user = %user.name, sha1 = %staged.sha1, size = staged.size, "upload committed");
@@ -187,7 +191,11 @@ impl Drive {
             owner: user.id,
             parent: target.parent,
             name: target.name,
-            content: NewContent { sha1: content.sha1.clone(), sha256: content.sha256.clone(), size: content.size },
+            content: NewContent {
+                sha1: content.sha1.clone(),
+                sha256: content.sha256.clone(),
+                size: content.size,
+            },
             conflict: target.conflict,
             mode: FILE_MODE,
             mtime: target.mtime,
@@ -195,7 +203,10 @@ impl Drive {
         let objects = self.staging.objects();
         let present = |c: &Content| -> std::io::Result<()> {
             if c.store == "local" && !objects.contains(&c.sha1) {
-                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "content bytes are gone"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "content bytes are gone",
+                ));
             }
             Ok(())
         };

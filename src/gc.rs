@@ -113,7 +113,13 @@ pub async fn run_once(
             0
         }
     };
-    Ok(Pass { collected, temp_files, orphans, tokens, upload_parts })
+    Ok(Pass {
+        collected,
+        temp_files,
+        orphans,
+        tokens,
+        upload_parts,
+    })
 }
 
 /// Runs a pass every `interval` until `stop` fires. The first pass comes after one

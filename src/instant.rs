@@ -97,7 +97,11 @@ impl Instant {
         let expected = hex::encode(h.finalize());
         // Constant-time comparison: the proof is a secret-derived value.
         let ok = expected.len() == answer.len()
-            && expected.bytes().zip(answer.to_ascii_lowercase().bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && expected
+                .bytes()
+                .zip(answer.to_ascii_lowercase().bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if !ok {
             return Ok(Outcome::Refused);
         }
@@ -117,12 +121,25 @@ impl Instant {
         let length = size.min(MAX_RANGE);
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).expect("OS random number generator");
-        let offset = if size > length { u64::from_le_bytes(r) % (size - length + 1) } else { 0 };
+        let offset = if size > length {
+            u64::from_le_bytes(r) % (size - length + 1)
+        } else {
+            0
+        };
         let expires = now_ms() + CHALLENGE_TTL_MS;
         let salt = crate::util::random_hex(8);
         let body = format!("{expires}.{offset}.{length}.{salt}");
-        let tag = hex::encode(self.mac(&format!("{}|{sha1}|{size}|{body}", user.id)).finalize().into_bytes());
-        Challenge { nonce: format!("{body}.{tag}"), offset, length, expires }
+        let tag = hex::encode(
+            self.mac(&format!("{}|{sha1}|{size}|{body}", user.id))
+                .finalize()
+                .into_bytes(),
+        );
+        Challenge {
+            nonce: format!("{body}.{tag}"),
+            offset,
+            length,
+            expires,
+        }
     }
 
     /// The range a nonce of ours, issued to this user for this content, asks for.
@@ -136,7 +153,9 @@ impl Instant {
         if f.next().is_some() || expires < now_ms() || offset + length > size as u64 {
             return None;
         }
-        self.mac(&format!("{}|{sha1}|{size}|{body}", user.id)).verify_slice(&hex::decode(tag).ok()?).ok()?;
+        self.mac(&format!("{}|{sha1}|{size}|{body}", user.id))
+            .verify_slice(&hex::decode(tag).ok()?)
+            .ok()?;
         Some((offset, length))
     }
 }

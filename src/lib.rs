@@ -7,8 +7,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod accounts;
-pub mod client;
 pub mod blob;
+pub mod client;
 pub mod config;
 pub mod drive;
 pub mod gc;

@@ -13,9 +13,9 @@ use crate::config::Config;
 use crate::drive::Drive;
 use crate::http::{AppState, TicketKey};
 use crate::instant::Instant;
+use crate::meta::{store_redact_url, MetaError, MetaStore};
 use crate::sessions::{RedisSessions, SessionStore, SqlSessions};
 use crate::uploads::Uploads;
-use crate::meta::{store_redact_url, MetaError, MetaStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -64,12 +64,23 @@ impl Services {
         let sessions: Arc<dyn SessionStore> = if cfg.sessions.redis_url.is_empty() {
             Arc::new(SqlSessions::new(meta.clone()))
         } else {
-            Arc::new(RedisSessions::new(&cfg.sessions.redis_url, &cfg.sessions.key_prefix).map_err(StartError::Sessions)?)
+            Arc::new(
+                RedisSessions::new(&cfg.sessions.redis_url, &cfg.sessions.key_prefix).map_err(StartError::Sessions)?,
+            )
         };
         let uploads = Uploads::new(drive.clone(), sessions, cfg.sessions.chunk_size, cfg.sessions.ttl_secs);
-        let key = meta.setting_or_init("instant_upload_key", &crate::util::random_hex(32)).await?;
+        let key = meta
+            .setting_or_init("instant_upload_key", &crate::util::random_hex(32))
+            .await?;
         let instant = Arc::new(Instant::new(drive.clone(), hex::decode(key).unwrap_or_default()));
-        Ok(Services { meta, accounts, drive, staging, uploads, instant })
+        Ok(Services {
+            meta,
+            accounts,
+            drive,
+            staging,
+            uploads,
+            instant,
+        })
     }
 }
 

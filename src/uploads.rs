@@ -97,7 +97,13 @@ pub fn decode_target(t: &str) -> (crate::meta::Conflict, &str) {
 impl Uploads {
     pub fn new(drive: Arc<Drive>, sessions: Arc<dyn SessionStore>, chunk_size: u64, ttl_secs: u64) -> Arc<Self> {
         let parts = drive.staging().parts_dir().to_path_buf();
-        Arc::new(Uploads { drive, sessions, parts, chunk_size: chunk_size as i64, ttl_ms: ttl_secs as i64 * 1000 })
+        Arc::new(Uploads {
+            drive,
+            sessions,
+            parts,
+            chunk_size: chunk_size as i64,
+            ttl_ms: ttl_secs as i64 * 1000,
+        })
     }
 
     pub fn sessions(&self) -> &Arc<dyn SessionStore> {
@@ -150,7 +156,10 @@ impl Uploads {
             let _ = std::fs::remove_file(&path);
             return Err(e.into());
         }
-        Ok(Progress { session: s, received: Vec::new() })
+        Ok(Progress {
+            session: s,
+            received: Vec::new(),
+        })
     }
 
     /// The caller's session `id` (someone else's is "no such session").
@@ -173,28 +182,45 @@ impl Uploads {
     /// Writes chunk `index` (1-based) from `body`. Every chunk but the last is exactly
     /// `chunk_size` bytes; `chunk_sha1`, when given, is checked. Re-sending a chunk is
     /// harmless. Returns how many chunks the session now has.
-    pub async fn put_part<S, E>(&self, user: &User, id: &str, index: i64, body: S, chunk_sha1: Option<&str>) -> Result<usize>
+    pub async fn put_part<S, E>(
+        &self,
+        user: &User,
+        id: &str,
+        index: i64,
+        body: S,
+        chunk_sha1: Option<&str>,
+    ) -> Result<usize>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
         let s = self.session(user, id).await?;
         if index < 1 || index > s.chunk_count {
-            return Err(UploadError::Invalid(format!("index must be between 1 and {}", s.chunk_count)));
+            return Err(UploadError::Invalid(format!(
+                "index must be between 1 and {}",
+                s.chunk_count
+            )));
         }
-        let expected = if index < s.chunk_count { s.chunk_size } else { s.size - (s.chunk_count - 1) * s.chunk_size };
+        let expected = if index < s.chunk_count {
+            s.chunk_size
+        } else {
+            s.size - (s.chunk_count - 1) * s.chunk_size
+        };
         let want_hash = match chunk_sha1 {
             Some(h) if is_sha1_hex(&h.to_ascii_lowercase()) => Some(h.to_ascii_lowercase()),
             Some(_) => return Err(UploadError::Invalid("chkhash must be 40 hexadecimal digits".into())),
             None => None,
         };
-        let mut file = std::fs::OpenOptions::new().write(true).open(self.data_path(id)).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                UploadError::NoSession
-            } else {
-                e.into()
-            }
-        })?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.data_path(id))
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    UploadError::NoSession
+                } else {
+                    e.into()
+                }
+            })?;
         let offset = (index - 1) * s.chunk_size;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let hash = want_hash.is_some();
@@ -258,7 +284,9 @@ impl Uploads {
     pub async fn complete(&self, user: &User, id: &str, target: UploadTarget) -> Result<Entry> {
         let s = self.session(user, id).await?;
         let parts = self.sessions.parts(id).await?;
-        let missing: Vec<i64> = (1..=s.chunk_count).filter(|i| parts.binary_search(i).is_err()).collect();
+        let missing: Vec<i64> = (1..=s.chunk_count)
+            .filter(|i| parts.binary_search(i).is_err())
+            .collect();
         if !missing.is_empty() {
             return Err(UploadError::Incomplete(missing));
         }
@@ -273,7 +301,19 @@ impl Uploads {
             self.discard(id).await?;
             return Err(UploadError::Mismatch);
         }
-        let entry = self.drive.commit(user, target, NewContent { sha1, sha256, size: size as i64 }, &path).await?;
+        let entry = self
+            .drive
+            .commit(
+                user,
+                target,
+                NewContent {
+                    sha1,
+                    sha256,
+                    size: size as i64,
+                },
+                &path,
+            )
+            .await?;
         failpoint("complete.committed");
         self.discard(id).await?;
         Ok(entry)
@@ -299,13 +339,18 @@ impl Uploads {
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.parts)? {
             let path = entry?.path();
-            let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".data")) else {
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".data"))
+            else {
                 continue;
             };
-            if crate::blob::staging::older_than(&path, min_age) && self.sessions.get(id).await?.is_none() {
-                if std::fs::remove_file(&path).is_ok() {
-                    removed += 1;
-                }
+            if crate::blob::staging::older_than(&path, min_age)
+                && self.sessions.get(id).await?.is_none()
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed += 1;
             }
         }
         Ok(removed)

@@ -34,8 +34,13 @@ fn cmd(data: &Path) -> Command {
 
 /// Starts `filestore serve` on a free port and waits for the line announcing the URL.
 fn serve(data: &Path, failpoints: &str) -> Proc {
+    serve_on(data, failpoints, "127.0.0.1:0")
+}
+
+fn serve_on(data: &Path, failpoints: &str, listen: &str) -> Proc {
     let mut child = cmd(data)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
+        .env("FILESTORE_SESSIONS__CHUNK_SIZE", "65536")
         .env("FILESTORE_FAILPOINTS", failpoints)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -296,4 +301,186 @@ fn killed_mid_body() {
         &format!("{}/api/v1/files/half", server.base),
     ]);
     assert_eq!(code, 404);
+}
+
+/// A client command with its own config dir.
+fn client(cfg: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FILESTORE_CONFIG_DIR", cfg)
+        .env("FILESTORE_LOG", "warn");
+    c
+}
+
+fn login(cfg: &Path, base: &str, user: &str) {
+    let mut c = client(cfg)
+        .args(["login", "--server", base, "--user", user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"correct horse battery\n").unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+fn run_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        c,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn random_file(path: &Path, len: usize, seed: u32) -> Vec<u8> {
+    let data: Vec<u8> = (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 11) as u8)
+        .collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// Starts an upload and returns the child once its progress passed `percent`.
+fn upload_until(cfg: &Path, file: &Path, remote: &str, percent: u32) -> Child {
+    let mut child = client(cfg)
+        .args(["upload", file.to_str().unwrap(), remote, "--parallel", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = lines.map_while(Result::ok);
+    let reached = lines.by_ref().any(|l| {
+        l.strip_prefix(&format!("{name}: "))
+            .and_then(|rest| rest.split('%').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|p| p >= percent)
+    });
+    assert!(reached, "the upload never reached {percent}%");
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+#[test]
+fn client_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("drive");
+    let cfg = dir.path().join("cfg");
+    add_user(&data_dir, "alice");
+    let server = serve(&data_dir, "");
+    login(&cfg, &server.base, "alice");
+    let creds = cfg.join("credentials.toml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o600);
+    let file = dir.path().join("big.bin");
+    let data = random_file(&file, 3_000_000, 1);
+    // The parent does not exist yet: a clear error, then mkdir -p fixes that.
+    let out = client(&cfg)
+        .args(["upload", file.to_str().unwrap(), "/docs/", "--parallel", "4"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file or directory"));
+    run_ok(client(&cfg).args(["mkdir", "-p", "/docs/old"]));
+    let out = run_ok(client(&cfg).args(["upload", file.to_str().unwrap(), "/docs/"]));
+    assert!(out.starts_with("/docs/big.bin 3000000 bytes"), "{out}");
+    // Same bytes again: instant, no bytes sent.
+    let out = client(&cfg)
+        .args(["upload", file.to_str().unwrap(), "/docs/again.bin"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("linked without sending"),
+        "{out:?}"
+    );
+    run_ok(client(&cfg).args(["mv", "/docs/again.bin", "/docs/old/moved.bin"]));
+    assert_eq!(run_ok(client(&cfg).args(["ls", "/docs"])), "big.bin\nold/\n");
+    let local = dir.path().join("back.bin");
+    run_ok(client(&cfg).args(["download", "/docs/old/moved.bin", local.to_str().unwrap()]));
+    assert!(std::fs::read(&local).unwrap() == data);
+
+    // Download resumes from a partial file, and refuses bytes that do not hash right.
+    let part = dir.path().join("resumed.bin.filestore-part");
+    std::fs::write(&part, &data[..1_000_000]).unwrap();
+    let resumed = dir.path().join("resumed.bin");
+    run_ok(client(&cfg).args(["download", "/docs/big.bin", resumed.to_str().unwrap()]));
+    assert!(std::fs::read(&resumed).unwrap() == data);
+    assert!(!part.exists());
+    let mut wrong = data[..1_000_000].to_vec();
+    wrong[5] ^= 1;
+    std::fs::write(&part, &wrong).unwrap();
+    let out = client(&cfg)
+        .args(["download", "/docs/big.bin", resumed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a corrupt partial download is detected");
+    assert!(!part.exists(), "and discarded");
+    run_ok(client(&cfg).args(["download", "/docs/big.bin", resumed.to_str().unwrap()]));
+    assert!(std::fs::read(&resumed).unwrap() == data);
+
+    run_ok(client(&cfg).args(["rm", "-r", "/docs"]));
+    assert_eq!(run_ok(client(&cfg).args(["ls"])), "");
+    run_ok(client(&cfg).args(["logout"]));
+    assert!(!creds.exists());
+    let out = client(&cfg).args(["ls"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed in"));
+}
+
+/// The client killed mid-upload: running it again sends only the missing chunks.
+#[test]
+fn client_resumes_after_being_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("drive");
+    let cfg = dir.path().join("cfg");
+    add_user(&data_dir, "alice");
+    let server = serve(&data_dir, "");
+    login(&cfg, &server.base, "alice");
+    let file = dir.path().join("resume.bin");
+    let data = random_file(&file, 24_000_000, 2);
+    let mut first = upload_until(&cfg, &file, "/resume.bin", 20);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let out = client(&cfg)
+        .args(["upload", file.to_str().unwrap(), "/resume.bin"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resuming: the server has"), "{err}");
+    let back = dir.path().join("back.bin");
+    run_ok(client(&cfg).args(["download", "/resume.bin", back.to_str().unwrap()]));
+    assert!(std::fs::read(&back).unwrap() == data);
+}
+
+/// The server killed mid-upload and restarted: the client waits, resumes, and the file
+/// is intact.
+#[test]
+fn server_restart_during_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("drive");
+    let cfg = dir.path().join("cfg");
+    add_user(&data_dir, "alice");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = serve_on(&data_dir, "", &listen);
+    login(&cfg, &server.base, "alice");
+    let file = dir.path().join("restart.bin");
+    let data = random_file(&file, 24_000_000, 3);
+    let mut upload = upload_until(&cfg, &file, "/restart.bin", 20);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _server = serve_on(&data_dir, "", &listen);
+    let status = upload.wait().unwrap();
+    assert!(status.success(), "the client finished after the restart");
+    let back = dir.path().join("back.bin");
+    run_ok(client(&cfg).args(["download", "/restart.bin", back.to_str().unwrap()]));
+    assert!(std::fs::read(&back).unwrap() == data);
 }

@@ -79,7 +79,11 @@ impl Staging {
         for d in [&incoming, &parts, &objects] {
             std::fs::create_dir_all(d)?;
         }
-        Ok(Staging { incoming, parts, objects: LocalStore::new(objects) })
+        Ok(Staging {
+            incoming,
+            parts,
+            objects: LocalStore::new(objects),
+        })
     }
 
     /// Where chunked uploads assemble.
@@ -232,6 +236,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, String, u64)> {
         }
     }
     drop(tx);
-    let sha256 = sha256.join().map_err(|_| std::io::Error::other("hashing thread panicked"))?;
+    let sha256 = sha256
+        .join()
+        .map_err(|_| std::io::Error::other("hashing thread panicked"))?;
     Ok((hex::encode(sha1.finalize()), sha256, size))
 }

@@ -120,7 +120,11 @@ impl Client {
             .user_agent(concat!("filestore/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -157,9 +161,14 @@ impl Client {
     /// Signs in; returns the token and its expiry.
     pub async fn signin(&self, user: &str, password: &str) -> Result<(String, String)> {
         let v: Value = self
-            .json(self.request(Method::POST, "/auth/signin").json(&json!({"username": user, "password": password})))
+            .json(
+                self.request(Method::POST, "/auth/signin")
+                    .json(&json!({"username": user, "password": password})),
+            )
             .await?;
-        let token = v["token"].as_str().ok_or_else(|| ClientError::Protocol("no token".into()))?;
+        let token = v["token"]
+            .as_str()
+            .ok_or_else(|| ClientError::Protocol("no token".into()))?;
         Ok((token.to_string(), v["expires"].as_str().unwrap_or_default().to_string()))
     }
 
@@ -169,7 +178,8 @@ impl Client {
     }
 
     pub async fn stat(&self, path: &str) -> Result<RemoteEntry> {
-        self.json(self.request(Method::GET, &format!("/stat{}", url_path(path)))).await
+        self.json(self.request(Method::GET, &format!("/stat{}", url_path(path))))
+            .await
     }
 
     /// Every entry of a directory (all pages).
@@ -181,8 +191,8 @@ impl Client {
                 .request(Method::GET, &format!("/list{}", url_path(path)))
                 .query(&[("limit", "1000"), ("after", after.as_str())]);
             let v: Value = self.json(req).await?;
-            let page: Vec<RemoteEntry> = serde_json::from_value(v["entries"].clone())
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let page: Vec<RemoteEntry> =
+                serde_json::from_value(v["entries"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
             out.extend(page);
             match v["next"].as_str() {
                 Some(n) => after = n.to_string(),
@@ -192,17 +202,24 @@ impl Client {
     }
 
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<RemoteEntry> {
-        let req = self.request(Method::POST, &format!("/dirs{}", url_path(path))).query(&[("parents", parents)]);
+        let req = self
+            .request(Method::POST, &format!("/dirs{}", url_path(path)))
+            .query(&[("parents", parents)]);
         self.json(req).await
     }
 
     pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<RemoteEntry> {
-        self.json(self.request(Method::POST, "/move").json(&json!({"from": from, "to": to, "overwrite": overwrite})))
-            .await
+        self.json(
+            self.request(Method::POST, "/move")
+                .json(&json!({"from": from, "to": to, "overwrite": overwrite})),
+        )
+        .await
     }
 
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
-        let req = self.request(Method::DELETE, &format!("/files{}", url_path(path))).query(&[("recursive", recursive)]);
+        let req = self
+            .request(Method::DELETE, &format!("/files{}", url_path(path)))
+            .query(&[("recursive", recursive)]);
         self.send(req).await?;
         Ok(())
     }
@@ -234,7 +251,14 @@ impl Client {
 
     /// Instant upload: `Ok(Ok(entry))` when linked, `Ok(Err(challenge))` when the server
     /// wants a proof, `Ok(Err(None))`... expressed as the enum below.
-    pub async fn instant(&self, path: &str, sha1: &str, size: u64, overwrite: bool, proof: Option<(&str, &str)>) -> Result<Instant> {
+    pub async fn instant(
+        &self,
+        path: &str,
+        sha1: &str,
+        size: u64,
+        overwrite: bool,
+        proof: Option<(&str, &str)>,
+    ) -> Result<Instant> {
         let mut body = json!({"path": path, "sha1": sha1, "size": size, "overwrite": overwrite});
         if let Some((nonce, answer)) = proof {
             body["nonce"] = json!(nonce);
@@ -268,7 +292,8 @@ impl Client {
     }
 
     pub async fn upload_complete(&self, id: &str) -> Result<RemoteEntry> {
-        self.json(self.request(Method::POST, &format!("/uploads/{id}/complete"))).await
+        self.json(self.request(Method::POST, &format!("/uploads/{id}/complete")))
+            .await
     }
 }
 

@@ -52,7 +52,11 @@ impl Credentials {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let tmp = dir.join(".credentials.toml.tmp");
         let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(toml::to_string(self).map_err(std::io::Error::other)?.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &p)?;

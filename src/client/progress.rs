@@ -69,9 +69,15 @@ impl Progress {
         match &self.inner.bar {
             Some(b) => b.set_position(done),
             None => {
-                let tenth = if self.inner.total == 0 { 10 } else { done * 10 / self.inner.total };
+                let tenth = (done * 10).checked_div(self.inner.total).unwrap_or(10);
                 if tenth > self.inner.reported.swap(tenth, Ordering::Relaxed) {
-                    eprintln!("{}: {}% of {} bytes, {}", self.inner.label, tenth * 10, self.inner.total, self.rate(done));
+                    eprintln!(
+                        "{}: {}% of {} bytes, {}",
+                        self.inner.label,
+                        tenth * 10,
+                        self.inner.total,
+                        self.rate(done)
+                    );
                 }
             }
         }

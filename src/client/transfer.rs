@@ -95,13 +95,19 @@ pub struct Uploaded {
 /// `parallel` chunks in flight.
 pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool, parallel: usize) -> Result<Uploaded> {
     let size = std::fs::metadata(local)?.len();
-    let label = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let label = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let hashing = Progress::new(&format!("{label} (hashing)"), size);
     let sha1 = sha1_file(local, Some(hashing.clone())).await?;
     hashing.finish("hashed");
     let progress = Progress::new(&label, size);
 
-    let first = retry("instant upload", Some(&progress), || client.instant(remote, &sha1, size, overwrite, None)).await?;
+    let first = retry("instant upload", Some(&progress), || {
+        client.instant(remote, &sha1, size, overwrite, None)
+    })
+    .await?;
     let linked = match first {
         Instant::Linked(e) => Some(e),
         Instant::Challenge(c) => {
@@ -121,17 +127,33 @@ pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool
     if let Some(entry) = linked {
         progress.set(size);
         progress.finish("already on the server: linked without sending the bytes");
-        return Ok(Uploaded { entry, instant: true, resumed_chunks: 0 });
+        return Ok(Uploaded {
+            entry,
+            instant: true,
+            resumed_chunks: 0,
+        });
     }
 
-    let session = retry("starting the upload", Some(&progress), || client.upload_init(remote, &sha1, size, overwrite)).await?;
+    let session = retry("starting the upload", Some(&progress), || {
+        client.upload_init(remote, &sha1, size, overwrite)
+    })
+    .await?;
     let chunk = session.chunk_size;
     let have: std::collections::HashSet<u64> = session.received.iter().copied().collect();
     let resumed = have.len() as u64;
     if resumed > 0 {
-        progress.note(&format!("resuming: the server has {resumed} of {} chunks", session.chunk_count));
+        progress.note(&format!(
+            "resuming: the server has {resumed} of {} chunks",
+            session.chunk_count
+        ));
     }
-    let len_of = |i: u64| if i < session.chunk_count { chunk } else { size - (session.chunk_count - 1) * chunk };
+    let len_of = |i: u64| {
+        if i < session.chunk_count {
+            chunk
+        } else {
+            size - (session.chunk_count - 1) * chunk
+        }
+    };
     progress.set(have.iter().map(|i| len_of(*i)).sum());
     let missing: Vec<u64> = (1..=session.chunk_count).filter(|i| !have.contains(i)).collect();
     let id = session.id.clone();
@@ -146,7 +168,10 @@ pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool
                     .map_err(|e| std::io::Error::other(e.to_string()))??;
                 let digest = hex::encode(sha1::Sha1::digest(&data));
                 let data = Bytes::from(data);
-                retry("sending a chunk", Some(&progress), || client.upload_part(&id, index, data.clone(), &digest)).await?;
+                retry("sending a chunk", Some(&progress), || {
+                    client.upload_part(&id, index, data.clone(), &digest)
+                })
+                .await?;
                 progress.add(len);
                 Ok::<(), ClientError>(())
             }
@@ -156,7 +181,11 @@ pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool
         .await?;
     let entry = retry("completing the upload", Some(&progress), || client.upload_complete(&id)).await?;
     progress.finish("uploaded");
-    Ok(Uploaded { entry, instant: false, resumed_chunks: resumed })
+    Ok(Uploaded {
+        entry,
+        instant: false,
+        resumed_chunks: resumed,
+    })
 }
 
 /// Downloads `remote` to `local`, resuming a previous attempt, and checks the SHA-1.
@@ -189,7 +218,9 @@ pub async fn download(client: &Client, remote: &str, local: &Path) -> Result<Rem
     let got = sha1_file(&part, None).await?;
     if got != sha1 {
         let _ = std::fs::remove_file(&part);
-        return Err(ClientError::Protocol(format!("downloaded bytes hash to {got}, expected {sha1}; discarded")));
+        return Err(ClientError::Protocol(format!(
+            "downloaded bytes hash to {got}, expected {sha1}; discarded"
+        )));
     }
     std::fs::rename(&part, local)?;
     progress.finish("downloaded, SHA-1 verified");
@@ -203,7 +234,14 @@ fn part_path(local: &Path) -> PathBuf {
 }
 
 /// Appends what is missing of `remote` to `part`.
-async fn fetch_into(client: &Client, remote: &str, etag: &str, part: &Path, size: u64, progress: &Progress) -> Result<()> {
+async fn fetch_into(
+    client: &Client,
+    remote: &str,
+    etag: &str,
+    part: &Path,
+    size: u64,
+    progress: &Progress,
+) -> Result<()> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     if have == size && size > 0 {
         return Ok(()); // fully fetched before; the hash check decides
@@ -212,7 +250,12 @@ async fn fetch_into(client: &Client, remote: &str, etag: &str, part: &Path, size
     let have = if have > size { 0 } else { have };
     let resp = client.get(remote, have, Some(etag)).await?;
     let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
-    let mut file = std::fs::OpenOptions::new().create(true).append(resumed).write(true).truncate(!resumed).open(part)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resumed)
+        .write(true)
+        .truncate(!resumed)
+        .open(part)?;
     progress.set(if resumed { have } else { 0 });
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {

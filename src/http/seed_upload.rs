@@ -49,7 +49,12 @@ fn size_param(p: &Params) -> Result<i64, SeedError> {
 async fn root_target(st: &AppState, user: &User, p: &Params) -> Result<UploadTarget, SeedError> {
     let name = crate::names::base_name(p.required("filename")?).to_string();
     let root = st.drive.meta().root(user.id).await?;
-    Ok(UploadTarget { parent: root.id, name, conflict: Conflict::Rename, mtime: None })
+    Ok(UploadTarget {
+        parent: root.id,
+        name,
+        conflict: Conflict::Rename,
+        mtime: None,
+    })
 }
 
 async fn fast_upload(State(st): State<AppState>, req: Request) -> Result<Response, SeedError> {
@@ -92,7 +97,10 @@ async fn init(State(st): State<AppState>, req: Request) -> Result<Response, Seed
     let user = caller(&st, &parts, &p).await?;
     let hash = p.file_hash()?;
     let size = size_param(&p)?;
-    let progress = st.uploads.init(&user, &hash, size, encode_target(Conflict::Rename, "")).await?;
+    let progress = st
+        .uploads
+        .init(&user, &hash, size, encode_target(Conflict::Rename, ""))
+        .await?;
     Ok(ok("OK", info(&progress)))
 }
 
@@ -102,9 +110,14 @@ async fn upload_part(State(st): State<AppState>, req: Request) -> Result<Respons
     let p = query_params(&parts);
     let user = caller(&st, &parts, &p).await?;
     let id = p.required("uploadid")?.to_string();
-    let index: i64 = p.required("index")?.parse().map_err(|_| SeedError::param("index must be an integer"))?;
+    let index: i64 = p
+        .required("index")?
+        .parse()
+        .map_err(|_| SeedError::param("index must be an integer"))?;
     check_declared_length(&parts, Some(st.uploads_chunk_limit()))?;
-    st.uploads.put_part(&user, &id, index, body.into_data_stream(), p.get("chkhash")).await?;
+    st.uploads
+        .put_part(&user, &id, index, body.into_data_stream(), p.get("chkhash"))
+        .await?;
     Ok(ok("OK", Value::Null))
 }
 
@@ -114,8 +127,10 @@ async fn complete(State(st): State<AppState>, req: Request) -> Result<Response, 
     let id = p.required("uploadid")?.to_string();
     let session = st.uploads.session(&user, &id).await?;
     // The seed's client repeats hash and size here; they must be the session's.
-    if p.get("filehash").is_some_and(|h| !h.eq_ignore_ascii_case(&session.sha1))
-        || p.get("filesize").is_some_and(|s| s.parse::<i64>().ok() != Some(session.size))
+    if p.get("filehash")
+        .is_some_and(|h| !h.eq_ignore_ascii_case(&session.sha1))
+        || p.get("filesize")
+            .is_some_and(|s| s.parse::<i64>().ok() != Some(session.size))
     {
         return Err(SeedError::param("filehash and filesize must be the ones given at init"));
     }

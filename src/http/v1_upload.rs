@@ -65,7 +65,12 @@ fn progress_json(p: &Progress) -> Value {
 /// Where a fixed-path upload goes; the parent must exist when the upload starts.
 async fn target(st: &AppState, user: &User, path: &str, conflict: Conflict) -> Result<UploadTarget, ApiError> {
     let (dir, name) = st.drive.resolve_parent(user, path).await?;
-    Ok(UploadTarget { parent: dir.id, name, conflict, mtime: None })
+    Ok(UploadTarget {
+        parent: dir.id,
+        name,
+        conflict,
+        mtime: None,
+    })
 }
 
 /// `POST /api/v1/uploads`: starts an upload, or resumes the caller's upload of the same
@@ -74,17 +79,34 @@ async fn init(State(st): State<AppState>, AuthUser(u): AuthUser, body: Body) -> 
     let b: InitBody = json_body(body).await?;
     let conflict = if b.overwrite { Conflict::Replace } else { Conflict::Fail };
     let path = normal(&b.path);
-    st.drive.check_target(&u, &target(&st, &u, &path, conflict).await?).await?;
-    let p = st.uploads.init(&u, &b.sha1, b.size, encode_target(conflict, &path)).await?;
-    let status = if p.received.is_empty() { StatusCode::CREATED } else { StatusCode::OK };
+    st.drive
+        .check_target(&u, &target(&st, &u, &path, conflict).await?)
+        .await?;
+    let p = st
+        .uploads
+        .init(&u, &b.sha1, b.size, encode_target(conflict, &path))
+        .await?;
+    let status = if p.received.is_empty() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(progress_json(&p))).into_response())
 }
 
-async fn status(State(st): State<AppState>, AuthUser(u): AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn status(
+    State(st): State<AppState>,
+    AuthUser(u): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(progress_json(&st.uploads.status(&u, &id).await?)))
 }
 
-async fn cancel(State(st): State<AppState>, AuthUser(u): AuthUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn cancel(
+    State(st): State<AppState>,
+    AuthUser(u): AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     st.uploads.cancel(&u, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -99,16 +121,30 @@ async fn part(
 ) -> Result<Json<Value>, ApiError> {
     let (parts, body) = req.into_parts();
     check_declared_length(&parts, Some(st.uploads_chunk_limit()))?;
-    let want = parts.headers.get("x-chunk-sha1").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let received = st.uploads.put_part(&u, &id, index, body.into_data_stream(), want.as_deref()).await?;
+    let want = parts
+        .headers
+        .get("x-chunk-sha1")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let received = st
+        .uploads
+        .put_part(&u, &id, index, body.into_data_stream(), want.as_deref())
+        .await?;
     Ok(Json(json!({ "received": received })))
 }
 
-async fn complete(State(st): State<AppState>, AuthUser(u): AuthUser, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn complete(
+    State(st): State<AppState>,
+    AuthUser(u): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let s = st.uploads.session(&u, &id).await?;
     let (conflict, path) = decode_target(&s.target);
     let path = path.to_string();
-    let e = st.uploads.complete(&u, &id, target(&st, &u, &path, conflict).await?).await?;
+    let e = st
+        .uploads
+        .complete(&u, &id, target(&st, &u, &path, conflict).await?)
+        .await?;
     let etag = super::content::etag(e.sha1.as_deref().unwrap_or_default());
     Ok((StatusCode::CREATED, [(header::ETAG, etag)], Json(entry_json(&e, &path))).into_response())
 }
@@ -137,7 +173,11 @@ async fn instant(State(st): State<AppState>, AuthUser(u): AuthUser, body: Body) 
         _ => None,
     };
     Ok(match st.instant.try_link(&u, &b.sha1, b.size, t, proof).await? {
-        Outcome::Linked(e) => (StatusCode::CREATED, Json(json!({ "linked": true, "entry": entry_json(&e, &path) }))).into_response(),
+        Outcome::Linked(e) => (
+            StatusCode::CREATED,
+            Json(json!({ "linked": true, "entry": entry_json(&e, &path) })),
+        )
+            .into_response(),
         Outcome::Challenge(c) => Json(json!({
             "linked": false,
             "challenge": { "nonce": c.nonce, "offset": c.offset, "length": c.length, "expires": rfc3339(c.expires) },

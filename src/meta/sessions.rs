@@ -41,32 +41,45 @@ macro_rules! session_cols {
 impl MetaStore {
     pub async fn session_create(&self, s: &UploadSession) -> Result<(), MetaError> {
         let _g = self.write_gate().await;
-        sqlx::query(concat!("INSERT INTO upload_sessions (", session_cols!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(&s.id)
-            .bind(s.owner)
-            .bind(&s.sha1)
-            .bind(s.size)
-            .bind(s.chunk_size)
-            .bind(s.chunk_count)
-            .bind(&s.target)
-            .bind(s.created_at)
-            .bind(s.expires_at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(concat!(
+            "INSERT INTO upload_sessions (",
+            session_cols!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&s.id)
+        .bind(s.owner)
+        .bind(&s.sha1)
+        .bind(s.size)
+        .bind(s.chunk_size)
+        .bind(s.chunk_count)
+        .bind(&s.target)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     pub async fn session_get(&self, id: &str, now: i64) -> Result<Option<UploadSession>, MetaError> {
-        let row: Option<SessionRow> =
-            sqlx::query_as(concat!("SELECT ", session_cols!(), " FROM upload_sessions WHERE id = ? AND expires_at > ?"))
-                .bind(id)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<SessionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM upload_sessions WHERE id = ? AND expires_at > ?"
+        ))
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(Into::into))
     }
 
-    pub async fn session_find(&self, owner: i64, sha1: &str, size: i64, now: i64) -> Result<Option<UploadSession>, MetaError> {
+    pub async fn session_find(
+        &self,
+        owner: i64,
+        sha1: &str,
+        size: i64,
+        now: i64,
+    ) -> Result<Option<UploadSession>, MetaError> {
         let row: Option<SessionRow> = sqlx::query_as(concat!(
             "SELECT ",
             session_cols!(),
@@ -104,17 +117,25 @@ impl MetaStore {
     }
 
     pub async fn session_parts(&self, id: &str) -> Result<Vec<i64>, MetaError> {
-        Ok(sqlx::query_scalar("SELECT idx FROM upload_parts WHERE session_id = ? ORDER BY idx")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT idx FROM upload_parts WHERE session_id = ? ORDER BY idx")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn session_delete(&self, id: &str) -> Result<(), MetaError> {
         let _g = self.write_gate().await;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM upload_parts WHERE session_id = ?").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM upload_sessions WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM upload_parts WHERE session_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -123,11 +144,16 @@ impl MetaStore {
     pub async fn session_purge_expired(&self, now: i64) -> Result<u64, MetaError> {
         let _g = self.write_gate().await;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM upload_parts WHERE session_id IN (SELECT id FROM upload_sessions WHERE expires_at <= ?)")
+        sqlx::query(
+            "DELETE FROM upload_parts WHERE session_id IN (SELECT id FROM upload_sessions WHERE expires_at <= ?)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let res = sqlx::query("DELETE FROM upload_sessions WHERE expires_at <= ?")
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let res = sqlx::query("DELETE FROM upload_sessions WHERE expires_at <= ?").bind(now).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(res.rows_affected())
     }

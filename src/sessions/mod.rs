@@ -37,7 +37,9 @@ pub enum SessionError {
 impl From<sqlx::Error> for SessionError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => SessionError::Unavailable(e.to_string()),
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                SessionError::Unavailable(e.to_string())
+            }
             other => SessionError::Other(other.to_string()),
         }
     }

@@ -48,7 +48,10 @@ impl RedisSessions {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
-        Ok(RedisSessions { conn, prefix: prefix.to_string() })
+        Ok(RedisSessions {
+            conn,
+            prefix: prefix.to_string(),
+        })
     }
 
     fn key(&self, id: &str) -> String {
@@ -135,8 +138,10 @@ impl SessionStore for RedisSessions {
     async fn parts(&self, id: &str) -> Result<Vec<i64>, SessionError> {
         let mut conn = self.conn.clone();
         let fields: Vec<String> = conn.hkeys(self.key(id)).await.map_err(unavailable)?;
-        let mut parts: Vec<i64> =
-            fields.iter().filter_map(|f| f.strip_prefix("chkidx_").and_then(|n| n.parse().ok())).collect();
+        let mut parts: Vec<i64> = fields
+            .iter()
+            .filter_map(|f| f.strip_prefix("chkidx_").and_then(|n| n.parse().ok()))
+            .collect();
         parts.sort_unstable();
         Ok(parts)
     }
@@ -159,7 +164,10 @@ impl SessionStore for RedisSessions {
 
     async fn ping(&self) -> Result<(), SessionError> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(unavailable)?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }
