@@ -608,6 +608,7 @@ def render(a, targets, R, pc_mbps, sync_mbps, dedup_checks, verified, hwm, elaps
         rs = [x / y for x, y in zip(xs, ys) if x and y]
         return med(rs)
 
+    big = "1 GiB" if a.large_mib == 1024 else "%d MiB" % a.large_mib
     L = []
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     L.append("# filestore core benchmark — %s" % date)
@@ -617,23 +618,23 @@ def render(a, targets, R, pc_mbps, sync_mbps, dedup_checks, verified, hwm, elaps
     L.append("")
     L.append("| measurement | filestore (SQLite) | filestore (MariaDB) | nginx WebDAV | filestore / nginx |")
     L.append("|---|---|---|---|---|")
-    L.append("| 1 GiB PUT, fresh content, MB/s | %s%s | | %s%s | %s |" % (
-        fmt(m("large_put_MBps", fs)), spread(vals("large_put_MBps", fs)), fmt(m("large_put_MBps", ng)),
+    L.append("| %s PUT, fresh content, MB/s | %s%s | | %s%s | %s |" % (
+        big, fmt(m("large_put_MBps", fs)), spread(vals("large_put_MBps", fs)), fmt(m("large_put_MBps", ng)),
         spread(vals("large_put_MBps", ng)), fmt(ratio("large_put_MBps", fs), 2)))
-    L.append("| 1 GiB GET, MB/s | %s%s | | %s%s | %s |" % (
-        fmt(m("large_get_MBps", fs)), spread(vals("large_get_MBps", fs)), fmt(m("large_get_MBps", ng)),
+    L.append("| %s GET, MB/s | %s%s | | %s%s | %s |" % (
+        big, fmt(m("large_get_MBps", fs)), spread(vals("large_get_MBps", fs)), fmt(m("large_get_MBps", ng)),
         spread(vals("large_get_MBps", ng)), fmt(ratio("large_get_MBps", fs), 2)))
-    L.append("| server peak RSS during 1 GiB PUT, MiB (sampled every 10 ms; nginx = master+workers) | %s "
+    L.append("| server peak RSS during %s PUT, MiB (sampled every 10 ms; nginx = master+workers) | %s "
              "(max %s; %s before) | | %s | |" % (
-                 fmt(m("large_put_rss_peak_mib", fs)), fmt(max(vals("large_put_rss_peak_mib", fs) or [0])),
+                 big, fmt(m("large_put_rss_peak_mib", fs)), fmt(max(vals("large_put_rss_peak_mib", fs) or [0])),
                  fmt(m("large_put_rss_before_mib", fs)), fmt(m("large_put_rss_peak_mib", ng))))
-    L.append("| server peak RSS during 1 GiB GET, MiB | %s | | %s | |" % (
-        fmt(m("large_get_rss_peak_mib", fs)), fmt(m("large_get_rss_peak_mib", ng))))
-    L.append("| server CPU seconds per 1 GiB PUT / GET | %s / %s | | %s / %s | |" % (
-        fmt(m("large_put_cpu_s", fs), 2), fmt(m("large_get_cpu_s", fs), 2),
+    L.append("| server peak RSS during %s GET, MiB | %s | | %s | |" % (
+        big, fmt(m("large_get_rss_peak_mib", fs)), fmt(m("large_get_rss_peak_mib", ng))))
+    L.append("| server CPU seconds per %s PUT / GET | %s / %s | | %s / %s | |" % (
+        big, fmt(m("large_put_cpu_s", fs), 2), fmt(m("large_get_cpu_s", fs), 2),
         fmt(m("large_put_cpu_s", ng), 2), fmt(m("large_get_cpu_s", ng), 2)))
-    L.append("| 1 GiB re-PUT of stored content (dedup hit), s | %s%s (%s MB/s) | | | |" % (
-        fmt(m("dedup_put_s", fs), 2), spread(vals("dedup_put_s", fs), 2), fmt(m("dedup_put_MBps", fs))))
+    L.append("| %s re-PUT of stored content (dedup hit), s | %s%s (%s MB/s) | | | |" % (
+        big, fmt(m("dedup_put_s", fs), 2), spread(vals("dedup_put_s", fs), 2), fmt(m("dedup_put_MBps", fs))))
     L.append("| 4 KiB PUT, %d clients, %d files, python client, files/s | %s%s | %s%s | %s%s | %s / %s |" % (
         a.concurrency, a.small_count,
         fmt(m("small_put_fps", fs), 0), spread(vals("small_put_fps", fs), 0),

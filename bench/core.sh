@@ -265,7 +265,7 @@ commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
 INFO=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
   command "$COMMAND" \
   commit "$commit" \
-  binary "$FILESTORE_BIN ($(date -r "$FILESTORE_BIN" '+%Y-%m-%d %H:%M'))" \
+  binary "$FILESTORE_BIN (built $(date -r "$FILESTORE_BIN" '+%Y-%m-%d %H:%M')$([ $BUILD = 1 ] || echo '; not rebuilt by this run, may predate the commit above'))" \
   cpu "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)" \
   cpus "$(nproc)" \
   mem "$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
