@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod blob;
 pub mod client;
 pub mod config;
+pub mod dav;
 pub mod drive;
 pub mod gc;
 pub mod http;

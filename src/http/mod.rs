@@ -40,6 +40,7 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     pub uploads: Arc<crate::uploads::Uploads>,
     pub instant: Arc<crate::instant::Instant>,
+    pub dav: Arc<crate::dav::DavService>,
     pub config: Arc<Config>,
     pub tickets: TicketKey,
 }
@@ -58,6 +59,14 @@ pub fn router(state: AppState) -> Router {
         .merge(seed::routes())
         .merge(seed_upload::routes())
         .nest("/api/v1", v1::routes().merge(v1_upload::routes()))
+        .route(
+            "/dav",
+            axum::routing::any(crate::dav::handle).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/dav/{*path}",
+            axum::routing::any(crate::dav::handle).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

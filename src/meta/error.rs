@@ -22,6 +22,8 @@ pub enum MetaError {
     /// it cannot poison the deduplicated copy.
     #[error("content collides with stored content of the same SHA-1")]
     Collision,
+    #[error("too many dead properties on one entry")]
+    TooManyProps,
     #[error("storing content bytes: {0}")]
     Io(#[from] std::io::Error),
     #[error("database: {0}")]

@@ -11,12 +11,14 @@
 //! that reads and then writes can fail with SQLITE_BUSY instead of waiting).
 
 mod error;
+mod props;
 mod sessions;
 mod store;
 mod tree;
 mod types;
 
 pub use error::MetaError;
+pub use props::{Prop, PropChange, MAX_PROPS, MAX_PROP_BYTES};
 pub use store::{redact_url as store_redact_url, Dialect, MetaStore};
 pub use types::{CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, NewContent, Overwrite, User};
 

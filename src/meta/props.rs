@@ -1,0 +1,91 @@
+//! WebDAV dead properties of entries.
+
+use super::store::retry_txn;
+use super::{Dialect, MetaError, MetaStore};
+
+/// One property: namespace (empty for none), local name, XML value.
+pub type Prop = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// A change of PROPPATCH: set a value, or remove (value `None`).
+pub type PropChange = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+/// Most properties one entry may carry, and the largest value: a client cannot turn the
+/// metadata database into a blob store.
+pub const MAX_PROPS: i64 = 256;
+pub const MAX_PROP_BYTES: usize = 64 * 1024;
+
+impl MetaStore {
+    /// The dead properties of the owner's entries `ids` (entries without any are absent).
+    pub async fn props(&self, owner: i64, ids: &[i64]) -> Result<Vec<(i64, Prop)>, MetaError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT p.entry_id, p.ns, p.name, p.xml FROM dead_props p JOIN entries e ON e.id = p.entry_id \
+                 WHERE e.owner = ? AND p.entry_id IN ({}) ORDER BY p.entry_id, p.ns, p.name",
+                super::tree::placeholders(chunk.len())
+            );
+            // Only `?` placeholders are interpolated; every value is bound.
+            let mut q = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>, Vec<u8>)>(sqlx::AssertSqlSafe(sql)).bind(owner);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for (id, ns, name, xml) in q.fetch_all(&self.pool).await? {
+                out.push((id, (ns, name, xml)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a PROPPATCH to one of the owner's entries, all or nothing.
+    pub async fn patch_props(&self, owner: i64, id: i64, changes: &[PropChange]) -> Result<(), MetaError> {
+        retry_txn!(self.try_patch_props(owner, id, changes))
+    }
+
+    async fn try_patch_props(&self, owner: i64, id: i64, changes: &[PropChange]) -> Result<(), MetaError> {
+        let _g = self.write_gate().await;
+        let mut tx = self.pool.begin().await?;
+        // Lock the entry (and check it is the owner's) before touching its properties.
+        let res = sqlx::query("UPDATE entries SET ctime = ctime WHERE id = ? AND owner = ?")
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(MetaError::NotFound);
+        }
+        let upsert = match self.dialect {
+            Dialect::Sqlite => {
+                "INSERT INTO dead_props (entry_id, ns, name, xml) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (entry_id, ns, name) DO UPDATE SET xml = excluded.xml"
+            }
+            Dialect::MySql => {
+                "INSERT INTO dead_props (entry_id, ns, name, xml) VALUES (?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE xml = VALUES(xml)"
+            }
+        };
+        for (ns, name, value) in changes {
+            match value {
+                Some(xml) => {
+                    sqlx::query(upsert).bind(id).bind(ns).bind(name).bind(xml).execute(&mut *tx).await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM dead_props WHERE entry_id = ? AND ns = ? AND name = ?")
+                        .bind(id)
+                        .bind(ns)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_props WHERE entry_id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if n > MAX_PROPS {
+            return Err(MetaError::TooManyProps);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
