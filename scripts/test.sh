@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs and starts what the tests
-# need (MariaDB, Redis, curl), then runs formatting, lint and every test tier against the real
+# need (MariaDB, Redis, curl, litmus, davfs2, rclone), then runs formatting, lint and every test tier against the real
 # services. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,9 @@ command -v curl >/dev/null || need_pkgs+=(curl)
 command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v litmus >/dev/null || need_pkgs+=(litmus)
+command -v mount.davfs >/dev/null || need_pkgs+=(davfs2)
+command -v rclone >/dev/null || need_pkgs+=(rclone)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     as_root apt-get update -qq

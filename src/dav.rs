@@ -108,30 +108,66 @@ impl DavPort for CorePort {
     }
 
     async fn lookup(&self, parent: EntryId, name: &str) -> Result<Option<DavEntry>, PortError> {
-        Ok(self.drive.meta().lookup(self.owner(), parent, name).await.map_err(meta_err)?.map(dav_entry))
+        Ok(self
+            .drive
+            .meta()
+            .lookup(self.owner(), parent, name)
+            .await
+            .map_err(meta_err)?
+            .map(dav_entry))
     }
 
     async fn list(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<DavEntry>, PortError> {
-        let page = self.drive.meta().list(self.owner(), dir, after.unwrap_or(""), limit as i64).await.map_err(meta_err)?;
+        let page = self
+            .drive
+            .meta()
+            .list(self.owner(), dir, after.unwrap_or(""), limit as i64)
+            .await
+            .map_err(meta_err)?;
         Ok(page.into_iter().map(dav_entry).collect())
     }
 
     async fn mkdir(&self, parent: EntryId, name: &str) -> Result<DavEntry, PortError> {
-        self.drive.mkdir(&self.user, parent, name).await.map(dav_entry).map_err(port_err)
+        self.drive
+            .mkdir(&self.user, parent, name)
+            .await
+            .map(dav_entry)
+            .map_err(port_err)
     }
 
-    async fn upload(&self, parent: EntryId, name: &str, body: UploadBody, options: UploadOptions) -> Result<DavEntry, PortError> {
+    async fn upload(
+        &self,
+        parent: EntryId,
+        name: &str,
+        body: UploadBody,
+        options: UploadOptions,
+    ) -> Result<DavEntry, PortError> {
         let conflict = match options.conflict {
             DavConflict::Replace => Conflict::Replace,
             DavConflict::Fail => Conflict::Fail,
         };
-        let target = UploadTarget { parent, name: name.to_string(), conflict, mtime: options.mtime };
-        self.drive.upload(&self.user, target, body).await.map(dav_entry).map_err(port_err)
+        let target = UploadTarget {
+            parent,
+            name: name.to_string(),
+            conflict,
+            mtime: options.mtime,
+        };
+        self.drive
+            .upload(&self.user, target, body)
+            .await
+            .map(dav_entry)
+            .map_err(port_err)
     }
 
     async fn read(&self, entry: &DavEntry, offset: u64, len: u64) -> Result<ReadBody, PortError> {
         let sha1 = entry.sha1.as_deref().ok_or(PortError::IsADirectory)?;
-        let content = self.drive.meta().content(sha1).await.map_err(meta_err)?.ok_or(PortError::NotFound)?;
+        let content = self
+            .drive
+            .meta()
+            .content(sha1)
+            .await
+            .map_err(meta_err)?
+            .ok_or(PortError::NotFound)?;
         let size = content.size as u64;
         let offset = offset.min(size);
         let len = len.min(size - offset);
@@ -139,25 +175,59 @@ impl DavPort for CorePort {
         Ok(stream.map(|r| r.map_err(PortError::other)).boxed())
     }
 
-    async fn rename(&self, id: EntryId, new_parent: EntryId, new_name: &str, ow: DavOverwrite) -> Result<DavEntry, PortError> {
-        self.drive.rename(&self.user, id, new_parent, new_name, overwrite(ow)).await.map(dav_entry).map_err(port_err)
+    async fn rename(
+        &self,
+        id: EntryId,
+        new_parent: EntryId,
+        new_name: &str,
+        ow: DavOverwrite,
+    ) -> Result<DavEntry, PortError> {
+        self.drive
+            .rename(&self.user, id, new_parent, new_name, overwrite(ow))
+            .await
+            .map(dav_entry)
+            .map_err(port_err)
     }
 
-    async fn copy(&self, id: EntryId, new_parent: EntryId, new_name: &str, ow: DavOverwrite) -> Result<DavEntry, PortError> {
-        self.drive.copy(&self.user, id, new_parent, new_name, overwrite(ow)).await.map(dav_entry).map_err(port_err)
+    async fn copy(
+        &self,
+        id: EntryId,
+        new_parent: EntryId,
+        new_name: &str,
+        ow: DavOverwrite,
+    ) -> Result<DavEntry, PortError> {
+        self.drive
+            .copy(&self.user, id, new_parent, new_name, overwrite(ow))
+            .await
+            .map(dav_entry)
+            .map_err(port_err)
     }
 
     async fn delete(&self, id: EntryId, recursive: bool) -> Result<(), PortError> {
-        self.drive.delete(&self.user, id, recursive).await.map(|_| ()).map_err(port_err)
+        self.drive
+            .delete(&self.user, id, recursive)
+            .await
+            .map(|_| ())
+            .map_err(port_err)
     }
 
     async fn set_attrs(&self, id: EntryId, mode: Option<u32>, mtime: Option<Millis>) -> Result<DavEntry, PortError> {
-        let e = self.drive.meta().set_attrs(self.owner(), id, mode.map(i64::from), mtime).await.map_err(meta_err)?;
+        let e = self
+            .drive
+            .meta()
+            .set_attrs(self.owner(), id, mode.map(i64::from), mtime)
+            .await
+            .map_err(meta_err)?;
         Ok(dav_entry(e))
     }
 
     async fn get_props(&self, id: EntryId) -> Result<Vec<DeadProp>, PortError> {
-        Ok(self.get_props_many(&[id]).await?.into_iter().flat_map(|(_, p)| p).collect())
+        Ok(self
+            .get_props_many(&[id])
+            .await?
+            .into_iter()
+            .flat_map(|(_, p)| p)
+            .collect())
     }
 
     async fn get_props_many(&self, ids: &[EntryId]) -> Result<Vec<(EntryId, Vec<DeadProp>)>, PortError> {
@@ -185,17 +255,30 @@ impl DavPort for CorePort {
                     if d.xml.len() > crate::meta::MAX_PROP_BYTES || d.name.len() > 255 {
                         return Err(PortError::InsufficientStorage);
                     }
-                    (d.namespace.unwrap_or_default().into_bytes(), d.name.into_bytes(), Some(d.xml))
+                    (
+                        d.namespace.unwrap_or_default().into_bytes(),
+                        d.name.into_bytes(),
+                        Some(d.xml),
+                    )
                 }
-                PropPatch::Remove { namespace, name } => (namespace.unwrap_or_default().into_bytes(), name.into_bytes(), None),
+                PropPatch::Remove { namespace, name } => {
+                    (namespace.unwrap_or_default().into_bytes(), name.into_bytes(), None)
+                }
             });
         }
-        self.drive.meta().patch_props(self.owner(), id, &changes).await.map_err(meta_err)
+        self.drive
+            .meta()
+            .patch_props(self.owner(), id, &changes)
+            .await
+            .map_err(meta_err)
     }
 
     async fn quota(&self) -> Result<Quota, PortError> {
         let (used, _) = self.drive.meta().usage(self.owner()).await.map_err(meta_err)?;
-        Ok(Quota { used: used.max(0) as u64, limit: None })
+        Ok(Quota {
+            used: used.max(0) as u64,
+            limit: None,
+        })
     }
 }
 
@@ -212,7 +295,11 @@ impl CredentialCache {
     pub fn new(ttl: Duration) -> Self {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).expect("OS random number generator");
-        CredentialCache { key, entries: Mutex::new(HashMap::new()), ttl }
+        CredentialCache {
+            key,
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+        }
     }
 
     fn digest(&self, header: &[u8]) -> [u8; 32] {
@@ -250,13 +337,20 @@ pub struct DavService {
 
 impl DavService {
     pub fn new(locks: Box<dyn LockSpaces>) -> Self {
-        DavService { webdav: WebDav::new("/dav"), locks, credentials: CredentialCache::new(Duration::from_secs(60)) }
+        DavService {
+            webdav: WebDav::new("/dav"),
+            locks,
+            credentials: CredentialCache::new(Duration::from_secs(60)),
+        }
     }
 }
 
 fn unauthorized(msg: &str) -> Response {
     let mut r = (StatusCode::UNAUTHORIZED, msg.to_string()).into_response();
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"filestore\", charset=\"UTF-8\""));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"filestore\", charset=\"UTF-8\""),
+    );
     r
 }
 
@@ -271,7 +365,9 @@ async fn authenticate(
         return Err(unauthorized("authentication required"));
     };
     let raw = value.as_bytes();
-    let text = value.to_str().map_err(|_| unauthorized("malformed Authorization header"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
     if let Some(token) = text.strip_prefix("Bearer ") {
         return accounts.authenticate(token.trim()).await.map_err(|e| auth_failure(&e));
     }
@@ -291,8 +387,13 @@ async fn authenticate(
         .ok()
         .and_then(|d| String::from_utf8(d).ok())
         .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
-    let (name, password) = decoded.split_once(':').ok_or_else(|| unauthorized("malformed Basic credentials"))?;
-    let user = accounts.check_credentials(name, password, ip).await.map_err(|e| auth_failure(&e))?;
+    let (name, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
+    let user = accounts
+        .check_credentials(name, password, ip)
+        .await
+        .map_err(|e| auth_failure(&e))?;
     dav.credentials.put(raw, user.id);
     Ok(user)
 }
@@ -301,7 +402,8 @@ fn auth_failure(e: &AuthError) -> Response {
     match e {
         AuthError::RateLimited(wait) => {
             let mut r = (StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
             r
         }
         AuthError::InvalidCredentials | AuthError::InvalidToken | AuthError::Disabled => unauthorized(&e.to_string()),
@@ -334,6 +436,10 @@ pub async fn handle(State(st): State<crate::http::AppState>, req: Request) -> Re
         }
     };
     let key = user.id.to_string();
-    let dav_user = DavUser { principal: key.clone(), port: Arc::new(port), locks: st.dav.locks.for_user(&key) };
+    let dav_user = DavUser {
+        principal: key.clone(),
+        port: Arc::new(port),
+        locks: st.dav.locks.for_user(&key),
+    };
     st.dav.webdav.handle(req, dav_user).await.map(Body::new)
 }

@@ -137,7 +137,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         accounts: services.accounts.clone(),
         uploads: services.uploads.clone(),
         instant: services.instant.clone(),
-        dav: Arc::new(crate::dav::DavService::new(Box::new(filestore_webdav::MemLockSpaces::new()))),
+        dav: Arc::new(crate::dav::DavService::new(Box::new(
+            filestore_webdav::MemLockSpaces::new(),
+        ))),
         config: Arc::new(cfg),
         tickets,
     };

@@ -59,14 +59,10 @@ pub fn router(state: AppState) -> Router {
         .merge(seed::routes())
         .merge(seed_upload::routes())
         .nest("/api/v1", v1::routes().merge(v1_upload::routes()))
-        .route(
-            "/dav",
-            axum::routing::any(crate::dav::handle).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/dav/{*path}",
-            axum::routing::any(crate::dav::handle).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
+        // A wildcard does not match an empty rest, so the collection itself needs its routes.
+        .route("/dav", dav_route())
+        .route("/dav/", dav_route())
+        .route("/dav/{*path}", dav_route())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -90,6 +86,10 @@ async fn index() -> Html<&'static str> {
         "<h1>filestore</h1><p>This server speaks the filestore JSON API ",
         "(<a href=\"/api/v1/openapi.json\">OpenAPI</a>) and the seed API.</p>"
     ))
+}
+
+fn dav_route() -> axum::routing::MethodRouter<AppState> {
+    axum::routing::any(crate::dav::handle).layer(axum::extract::DefaultBodyLimit::disable())
 }
 
 /// The bearer token of a request: `Authorization: Bearer ...`.

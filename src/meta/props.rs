@@ -66,7 +66,13 @@ impl MetaStore {
         for (ns, name, value) in changes {
             match value {
                 Some(xml) => {
-                    sqlx::query(upsert).bind(id).bind(ns).bind(name).bind(xml).execute(&mut *tx).await?;
+                    sqlx::query(upsert)
+                        .bind(id)
+                        .bind(ns)
+                        .bind(name)
+                        .bind(xml)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 None => {
                     sqlx::query("DELETE FROM dead_props WHERE entry_id = ? AND ns = ? AND name = ?")

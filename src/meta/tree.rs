@@ -478,13 +478,27 @@ async fn copy_one(c: &mut Conn, src: &Entry, parent: i64, name: &str, now: i64) 
             .execute(&mut *c)
             .await?;
     }
-    let id = insert(c, src.owner, parent, name, src.kind, src.sha1.as_deref(), src.size, src.mode, now, src.mtime).await?;
+    let id = insert(
+        c,
+        src.owner,
+        parent,
+        name,
+        src.kind,
+        src.sha1.as_deref(),
+        src.size,
+        src.mode,
+        now,
+        src.mtime,
+    )
+    .await?;
     // A copy carries the dead properties of its source (RFC 4918 section 9.8.2).
-    sqlx::query("INSERT INTO dead_props (entry_id, ns, name, xml) SELECT ?, ns, name, xml FROM dead_props WHERE entry_id = ?")
-        .bind(id)
-        .bind(src.id)
-        .execute(&mut *c)
-        .await?;
+    sqlx::query(
+        "INSERT INTO dead_props (entry_id, ns, name, xml) SELECT ?, ns, name, xml FROM dead_props WHERE entry_id = ?",
+    )
+    .bind(id)
+    .bind(src.id)
+    .execute(&mut *c)
+    .await?;
     Ok(id)
 }
 
@@ -578,7 +592,10 @@ async fn remove_subtree(c: &mut Conn, owner: i64, id: i64, now: i64) -> Result<D
     }
     let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
     for chunk in ids.chunks(BATCH) {
-        let sql = format!("DELETE FROM dead_props WHERE entry_id IN ({})", placeholders(chunk.len()));
+        let sql = format!(
+            "DELETE FROM dead_props WHERE entry_id IN ({})",
+            placeholders(chunk.len())
+        );
         // Only `?` placeholders are interpolated; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
