@@ -43,6 +43,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub sessions: SessionsConfig,
+    pub s3: S3Config,
+    pub queue: QueueConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +118,101 @@ pub struct SessionsConfig {
     pub ttl_secs: u64,
     /// Chunk size offered to clients, in bytes (the seed's 5 MiB).
     pub chunk_size: u64,
+}
+
+/// Object storage (Ceph RGW, Aliyun OSS, any S3). Content moves there from staging in the
+/// background; with no endpoint, content stays on the staging disk.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// `http://127.0.0.1:7480` for a local Ceph RGW. Empty disables object storage.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Prepended to the content SHA-1 to form the object key.
+    pub key_prefix: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Path-style addressing (Ceph RGW); false for virtual-hosted (Aliyun OSS).
+    pub path_style: bool,
+    /// Content at least this large goes up as a multipart upload of parts this size.
+    pub part_size: u64,
+    /// Parts uploaded at once per object.
+    pub parallelism: usize,
+    /// Whether `/file/downloadurl` hands out presigned S3 URLs for transferred content.
+    pub presign_downloads: bool,
+    pub presign_ttl_secs: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: "filestore".into(),
+            key_prefix: "objects/".into(),
+            access_key: String::new(),
+            secret_key: String::new(),
+            path_style: true,
+            part_size: 16 << 20,
+            parallelism: 4,
+            presign_downloads: false,
+            presign_ttl_secs: 300,
+        }
+    }
+}
+
+impl fmt::Debug for S3Config {
+    // The secret key must not reach logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("key_prefix", &self.key_prefix)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &if self.secret_key.is_empty() { "" } else { "***" })
+            .field("path_style", &self.path_style)
+            .field("part_size", &self.part_size)
+            .field("parallelism", &self.parallelism)
+            .finish()
+    }
+}
+
+/// The transfer queue. With an AMQP URL, jobs go through RabbitMQ to `filestore transfer`
+/// workers; without one (and with S3 configured), an in-process worker drains the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`. Empty: in-process transfers.
+    pub amqp_url: String,
+    /// The seed's names: exchange `uploadserver.trans`, queue `uploadserver.trans.oss`,
+    /// routing key `oss`, dead letters in `uploadserver.trans.oss.err`.
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+    pub dead_letter_queue: String,
+    /// Deliveries a worker takes at once.
+    pub prefetch: u16,
+    /// Attempts before a job is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay in seconds; doubles per attempt.
+    pub retry_base_secs: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            amqp_url: String::new(),
+            exchange: "uploadserver.trans".into(),
+            queue: "uploadserver.trans.oss".into(),
+            routing_key: "oss".into(),
+            dead_letter_queue: "uploadserver.trans.oss.err".into(),
+            prefetch: 8,
+            max_attempts: 5,
+            retry_base_secs: 2,
+        }
+    }
 }
 
 impl Default for SessionsConfig {
@@ -268,6 +365,10 @@ impl Config {
         let mut shown = self.clone();
         shown.database.url = crate::meta::store_redact_url(&shown.database.url);
         shown.sessions.redis_url = crate::meta::store_redact_url(&shown.sessions.redis_url);
+        shown.queue.amqp_url = crate::meta::store_redact_url(&shown.queue.amqp_url);
+        if !shown.s3.secret_key.is_empty() {
+            shown.s3.secret_key = "***".into();
+        }
         toml::to_string_pretty(&shown).unwrap_or_default()
     }
 }
