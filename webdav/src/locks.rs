@@ -134,6 +134,21 @@ impl DavLockSystem for ExpiringLs {
         async move {
             self.purge().await;
             let t = cap(timeout);
+            // dav-server's MemLs panics when the last lock on its tree's root is released
+            // (and the panic poisons the user's lock table), so the root collection of a
+            // user cannot be locked in memory: answered as held by an unnamed lock (423).
+            if path.as_rel_ospath().as_os_str().is_empty() || path.as_rel_ospath() == std::path::Path::new("/") {
+                return Err(DavLock {
+                    token: "opaquelocktoken:00000000-0000-0000-0000-000000000000".into(),
+                    path: Box::new(path.clone()),
+                    principal: None,
+                    owner: None,
+                    timeout_at: None,
+                    timeout: None,
+                    shared: false,
+                    deep: true,
+                });
+            }
             let lock = self
                 .inner
                 .lock(&path, principal.as_deref(), owner.as_ref(), Some(t), shared, deep)

@@ -1,0 +1,67 @@
+//! Mount settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of one mount. Build with [`MountConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Bytes of file content kept in the in-memory block cache (LRU over 128 KiB blocks
+    /// keyed by content SHA-1, so it never serves stale data). 0 disables it.
+    pub cache_bytes: u64,
+    /// Directory for write-back spool files and the upload journal. It must survive a
+    /// restart (not tmpfs) for killed mounts to resume their uploads, and only one mount
+    /// may use it at a time (a lock file enforces that).
+    pub spool_dir: PathBuf,
+    /// Most bytes all spool files together may hold; a write past it fails with `ENOSPC`.
+    pub max_spool_bytes: u64,
+    /// Most `put_file` calls in flight at once.
+    pub max_concurrent_uploads: usize,
+    /// How long the kernel may cache attributes.
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache name lookups.
+    pub entry_ttl: Duration,
+    /// Let users other than the mounting one use the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Let the kernel check permissions against mode/uid/gid (`default_permissions`).
+    /// Without it every user who can reach the mount may do anything.
+    pub default_permissions: bool,
+    /// Largest read-ahead window; the window starts at one block and doubles on each
+    /// sequential read.
+    pub read_ahead_max: u64,
+    /// Entries asked for per `list` call while reading a directory.
+    pub list_page_size: usize,
+    /// Threads serving FUSE requests (each blocks on one request at a time).
+    pub threads: usize,
+    /// Owner shown for entries whose port stores none (default: the mounting user).
+    pub uid: u32,
+    /// Group shown likewise.
+    pub gid: u32,
+    /// Name shown as the mount's source in /proc/mounts.
+    pub fs_name: String,
+}
+
+impl MountConfig {
+    /// Defaults: 256 MiB cache, 10 GiB spool, 4 uploads, 1 s TTLs, 8 MiB read-ahead,
+    /// pages of 1000 entries, 8 threads, owned by the calling user.
+    pub fn new(spool_dir: impl Into<PathBuf>) -> Self {
+        // SAFETY: geteuid/getegid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        MountConfig {
+            cache_bytes: 256 << 20,
+            spool_dir: spool_dir.into(),
+            max_spool_bytes: 10 << 30,
+            max_concurrent_uploads: 4,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            allow_other: false,
+            default_permissions: false,
+            read_ahead_max: 8 << 20,
+            list_page_size: 1000,
+            threads: 8,
+            uid,
+            gid,
+            fs_name: "filestore".to_owned(),
+        }
+    }
+}

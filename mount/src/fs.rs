@@ -1,0 +1,1148 @@
+//! Filesystem logic of the mount, not tied to fuser: inode numbers, open handles, reads
+//! through the block cache with read-ahead, and write-back through spool files.
+//!
+//! [`crate::fuse`] is a thin layer over this module (parse, call one method, map the
+//! error, reply), so everything here is tested without FUSE in the loop.
+//!
+//! Write-back model: opening a file for writing gives its entry a spool file (a local
+//! copy, `<spool>/<id>.data`) shared by every handle of that entry; writes and truncates
+//! go to it, reads of that entry are served from it, and `flush` (every close), `fsync`
+//! and `release` hash it and `put_file` it, returning only once the port has committed.
+//! The first change journals the spool, so a killed mount uploads it when restarted.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use lru::LruCache;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::cache::{nz, BlockCache, ReadAhead, BLOCK_SIZE};
+use crate::journal::{now_ms, sha1_file, Journal, Pending};
+use crate::port::{
+    Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, EMPTY_SHA1, NAME_MAX,
+};
+use crate::MountConfig;
+
+/// FUSE inode number of the root.
+pub const ROOT_INO: u64 = 1;
+
+/// Errors of the filesystem layer. [`FsError::errno`] is the one mapping to errno:
+///
+/// | variant | errno |
+/// |---|---|
+/// | `Port(e)` | [`PortError::errno`] |
+/// | `NameTooLong` | `ENAMETOOLONG` |
+/// | `InvalidName`, `Invalid` | `EINVAL` |
+/// | `NotPermitted` (symlinks, hard links, device nodes, FIFOs, sockets) | `EPERM` |
+/// | `Unsupported` (fallocate modes other than allocate) | `EOPNOTSUPP` |
+/// | `BadHandle` (unknown handle, write on a read-only handle) | `EBADF` |
+/// | `SpoolFull` (`max_spool_bytes` reached) | `ENOSPC` |
+/// | `Spool` (local spool I/O) | the I/O error's errno, else `EIO` |
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The port said no.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// A name longer than 255 bytes.
+    #[error("name too long")]
+    NameTooLong,
+    /// A name the tree cannot hold (not UTF-8).
+    #[error("invalid name")]
+    InvalidName,
+    /// A malformed request.
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    /// A node type filestore does not have.
+    #[error("not supported by filestore: {0}")]
+    NotPermitted(&'static str),
+    /// An operation mode filestore does not have.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    /// No such open handle, or not open for writing.
+    #[error("bad file handle")]
+    BadHandle,
+    /// The spool directory reached `max_spool_bytes`.
+    #[error("spool full")]
+    SpoolFull,
+    /// Reading or writing a local spool file failed.
+    #[error("spool I/O: {0}")]
+    Spool(#[from] io::Error),
+}
+
+impl FsError {
+    /// The errno this error becomes (table on the type).
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Port(e) => e.errno(),
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::InvalidName | FsError::Invalid(_) => libc::EINVAL,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::Unsupported(_) => libc::EOPNOTSUPP,
+            FsError::BadHandle => libc::EBADF,
+            FsError::SpoolFull => libc::ENOSPC,
+            FsError::Spool(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+
+    /// Expected answers are logged at debug level, failures at warn.
+    pub fn is_expected(&self) -> bool {
+        match self {
+            FsError::Port(e) => e.is_expected(),
+            FsError::Spool(_) => false,
+            _ => true,
+        }
+    }
+}
+
+type Result<T, E = FsError> = std::result::Result<T, E>;
+
+/// Attributes of an inode, as handed to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Directory or file.
+    pub kind: EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub perm: u16,
+    /// Link count (2 for directories, 1 for files, 0 for an unlinked open file).
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Change time.
+    pub ctime: SystemTime,
+}
+
+/// Who is asking (for the owner of new entries).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// Caller's uid.
+    pub uid: u32,
+    /// Caller's gid.
+    pub gid: u32,
+}
+
+/// A change requested through setattr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttrChange {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate).
+    pub size: Option<u64>,
+    /// New access time in ms.
+    pub atime_ms: Option<i64>,
+    /// New modification time in ms.
+    pub mtime_ms: Option<i64>,
+}
+
+/// One directory entry handed to readdir, with the offset of the next one.
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    /// Offset to resume after this item.
+    pub next_offset: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Directory or file.
+    pub kind: EntryKind,
+    /// Name.
+    pub name: String,
+}
+
+/// Result of an open: the handle and whether the kernel may keep its page cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    /// File handle.
+    pub fh: u64,
+    /// The content is the one the kernel last cached (same SHA-1): `FOPEN_KEEP_CACHE`.
+    pub keep_cache: bool,
+}
+
+/// statfs(2) figures.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    /// Block size used for the counts.
+    pub bsize: u32,
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+}
+
+/// The local copy of an entry open for writing.
+struct Spool {
+    file: File,
+    size: u64,
+    /// Bytes counted against `max_spool_bytes` (the largest size reached).
+    accounted: u64,
+    /// Holds changes the port has not committed.
+    dirty: bool,
+    /// The journal knows about it.
+    journaled: bool,
+    mtime_ms: i64,
+    /// An explicit utimens while dirty: the commit records this time, not the write time.
+    explicit_mtime: Option<i64>,
+}
+
+/// What getattr needs without waiting on an upload in progress.
+struct Shadow {
+    entry: Entry,
+    spool_size: Option<u64>,
+    dirty_mtime: Option<i64>,
+}
+
+struct FileState {
+    spool: Option<Spool>,
+    writers: usize,
+}
+
+/// An entry with at least one open handle.
+struct OpenFile {
+    id: i64,
+    refs: AtomicUsize,
+    state: tokio::sync::Mutex<FileState>,
+    shadow: Mutex<Shadow>,
+}
+
+struct FileHandle {
+    file: Arc<OpenFile>,
+    writable: bool,
+    append: bool,
+    ra: Mutex<ReadAhead>,
+}
+
+struct Listing {
+    items: Vec<(String, i64, EntryKind)>,
+    complete: bool,
+}
+
+struct DirHandle {
+    id: i64,
+    parent: i64,
+    listing: tokio::sync::Mutex<Listing>,
+}
+
+#[derive(Clone)]
+enum Handle {
+    File(Arc<FileHandle>),
+    Dir(Arc<DirHandle>),
+}
+
+/// The filesystem: one per mount.
+pub struct Fs {
+    port: Arc<dyn RemoteTree>,
+    root: i64,
+    cfg: MountConfig,
+    cache: Arc<BlockCache>,
+    journal: Journal,
+    uploads: Semaphore,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    open: Mutex<HashMap<i64, Arc<OpenFile>>>,
+    /// SHA-1 the kernel's page cache last held for an entry (for `FOPEN_KEEP_CACHE`).
+    kept: Mutex<LruCache<i64, String>>,
+    spool_used: AtomicU64,
+    prefetching: Arc<Mutex<HashSet<(String, u64)>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not take the whole mount down with poisoned locks.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ms_to_time(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+/// Milliseconds since the epoch of a time given by the kernel.
+pub fn time_to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_millis().min(i64::MAX as u128) as i64),
+    }
+}
+
+/// A name as the tree stores it. `for_create` decides what a non-UTF-8 name is: it cannot
+/// exist (`ENOENT` on lookup), and cannot be created (`EINVAL`).
+fn name_of(name: &OsStr, for_create: bool) -> Result<&str> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    match name.to_str() {
+        Some(s) => Ok(s),
+        None if for_create => Err(FsError::InvalidName),
+        None => Err(PortError::NotFound.into()),
+    }
+}
+
+impl Fs {
+    /// A filesystem over `port`, spooling into `cfg.spool_dir` (locked for this mount).
+    pub fn new(port: Arc<dyn RemoteTree>, cfg: MountConfig) -> io::Result<Fs> {
+        let journal = Journal::open(&cfg.spool_dir)?;
+        Ok(Fs {
+            root: port.root_id(),
+            port,
+            cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
+            journal,
+            uploads: Semaphore::new(cfg.max_concurrent_uploads.max(1)),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            open: Mutex::new(HashMap::new()),
+            kept: Mutex::new(LruCache::new(nz(65536))),
+            spool_used: AtomicU64::new(0),
+            prefetching: Arc::new(Mutex::new(HashSet::new())),
+            cfg,
+        })
+    }
+
+    /// The settings of this mount.
+    pub fn config(&self) -> &MountConfig {
+        &self.cfg
+    }
+
+    // ---- inode numbers ----
+
+    /// Entry id to inode: the root becomes 1 and the entry with id 1 (if any) takes the
+    /// root's id, so the mapping is a bijection on positive ids.
+    pub fn ino_of(&self, id: i64) -> u64 {
+        if id == self.root {
+            ROOT_INO
+        } else if id == ROOT_INO as i64 {
+            self.root as u64
+        } else {
+            id as u64
+        }
+    }
+
+    fn id_of(&self, ino: u64) -> Result<i64> {
+        let id = if ino == ROOT_INO {
+            self.root
+        } else if ino == self.root as u64 {
+            ROOT_INO as i64
+        } else {
+            ino as i64
+        };
+        if id <= 0 {
+            return Err(PortError::NotFound.into());
+        }
+        Ok(id)
+    }
+
+    fn attr(&self, e: &Entry) -> Attr {
+        let mtime = ms_to_time(e.mtime_ms);
+        Attr {
+            ino: self.ino_of(e.id),
+            kind: e.kind,
+            size: e.size,
+            perm: (e.mode & 0o7777) as u16,
+            nlink: if e.kind == EntryKind::Dir { 2 } else { 1 },
+            uid: e.uid.unwrap_or(self.cfg.uid),
+            gid: e.gid.unwrap_or(self.cfg.gid),
+            atime: e.atime_ms.map(ms_to_time).unwrap_or(mtime),
+            mtime,
+            ctime: ms_to_time(e.ctime_ms),
+        }
+    }
+
+    /// Attributes of `e`, with the size and mtime of a local spool if it has one.
+    fn overlay(&self, e: Entry) -> Attr {
+        let open = lock(&self.open).get(&e.id).cloned();
+        let Some(of) = open else { return self.attr(&e) };
+        let mut sh = lock(&of.shadow);
+        let mut a = self.attr(&e);
+        if let Some(size) = sh.spool_size {
+            a.size = size;
+        }
+        if let Some(m) = sh.dirty_mtime {
+            a.mtime = ms_to_time(m);
+            a.ctime = a.ctime.max(a.mtime);
+        }
+        sh.entry = e;
+        a
+    }
+
+    // ---- metadata ----
+
+    /// lookup(2): the entry `name` in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let name = name_of(name, false)?;
+        let e = self.port.lookup(self.id_of(parent)?, name).await?;
+        Ok(self.overlay(e))
+    }
+
+    /// getattr: fresh attributes (the kernel caches them for `attr_ttl`).
+    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        let id = self.id_of(ino)?;
+        match self.port.get(id).await {
+            Ok(e) => Ok(self.overlay(e)),
+            Err(PortError::NotFound) => {
+                // Unlinked while open: fstat still works, with no links.
+                let open = lock(&self.open).get(&id).cloned();
+                let of = open.ok_or(PortError::NotFound)?;
+                let sh = lock(&of.shadow);
+                let mut a = self.attr(&sh.entry);
+                a.size = sh.spool_size.unwrap_or(a.size);
+                a.nlink = 0;
+                Ok(a)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// setattr: truncate first, then mode, owner and times (so `utimens` in the same call
+    /// wins over the truncate's own mtime).
+    pub async fn setattr(&self, ino: u64, ch: AttrChange) -> Result<Attr> {
+        let id = self.id_of(ino)?;
+        if let Some(size) = ch.size {
+            self.truncate(id, size).await?;
+        }
+        let mut sa = SetAttrs {
+            mode: ch.mode.map(|m| m & 0o7777),
+            atime_ms: ch.atime_ms,
+            mtime_ms: ch.mtime_ms,
+            ..Default::default()
+        };
+        if ch.uid.is_some() || ch.gid.is_some() {
+            let cur = self.port.get(id).await?;
+            // A port that stores no owner shows everything as the mount's owner; chown to
+            // that same owner (cp -p, rsync) is then a no-op rather than an error.
+            let same = |want: Option<u32>, have: Option<u32>, shown: u32| match (want, have) {
+                (Some(w), None) => w == shown,
+                (None, _) => true,
+                _ => false,
+            };
+            if !(same(ch.uid, cur.uid, self.cfg.uid) && same(ch.gid, cur.gid, self.cfg.gid)) {
+                sa.uid = ch.uid;
+                sa.gid = ch.gid;
+            }
+        }
+        if sa != SetAttrs::default() {
+            let e = self.port.set_attrs(id, sa).await?;
+            if let Some(m) = ch.mtime_ms {
+                self.note_explicit_mtime(id, m).await?;
+            }
+            return Ok(self.overlay(e));
+        }
+        self.getattr(ino).await
+    }
+
+    async fn note_explicit_mtime(&self, id: i64, mtime: i64) -> Result<()> {
+        let open = lock(&self.open).get(&id).cloned();
+        let Some(of) = open else { return Ok(()) };
+        let mut st = of.state.lock().await;
+        if let Some(sp) = st.spool.as_mut().filter(|s| s.dirty) {
+            sp.explicit_mtime = Some(mtime);
+            self.journal.mark_pending(&Pending {
+                id,
+                mtime_ms: Some(mtime),
+            })?;
+            sp.journaled = true;
+            lock(&of.shadow).dirty_mtime = Some(mtime);
+        }
+        Ok(())
+    }
+
+    async fn truncate(&self, id: i64, size: u64) -> Result<()> {
+        let e = self.port.get(id).await?;
+        if e.kind == EntryKind::Dir {
+            return Err(PortError::IsADirectory.into());
+        }
+        let of = self.acquire(e);
+        let res = async {
+            let mut st = of.state.lock().await;
+            self.ensure_spool(&of, &mut st, Some(size)).await?;
+            let sp = st.spool.as_mut().ok_or(FsError::BadHandle)?;
+            self.resize(sp, size)?;
+            sp.file.set_len(size)?;
+            sp.size = size;
+            self.mark_dirty(&of, sp)?;
+            // With no writer open, nobody will close it: commit now (truncate(2)).
+            if st.writers == 0 {
+                self.commit(&of, &mut st).await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.put_back(&of).await;
+        res
+    }
+
+    /// mkdir(2).
+    pub async fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
+        let name = name_of(name, true)?;
+        let attrs = NewAttrs {
+            mode: mode & 0o7777,
+            uid: who.uid,
+            gid: who.gid,
+        };
+        let e = self.port.mkdir(self.id_of(parent)?, name, attrs).await?;
+        Ok(self.attr(&e))
+    }
+
+    /// mknod(2): regular files only.
+    pub async fn mknod(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return Err(FsError::NotPermitted("device nodes, FIFOs and sockets"));
+        }
+        let e = self.create_entry(parent, name, mode, who).await?;
+        Ok(self.attr(&e))
+    }
+
+    async fn create_entry(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Entry> {
+        let name = name_of(name, true)?;
+        let target = PutTarget::Create {
+            parent: self.id_of(parent)?,
+            name,
+            attrs: NewAttrs {
+                mode: mode & 0o7777,
+                uid: who.uid,
+                gid: who.gid,
+            },
+        };
+        let put = PutFile {
+            target,
+            source: self.journal.empty_file(),
+            size: 0,
+            sha1: EMPTY_SHA1,
+            mtime_ms: now_ms(),
+        };
+        let _permit = self.uploads.acquire().await;
+        Ok(self.port.put_file(put).await?)
+    }
+
+    /// create(2) with open: an empty file, opened with `flags`.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> Result<(Attr, Opened)> {
+        let e = self.create_entry(parent, name, mode, who).await?;
+        let attr = self.attr(&e);
+        let opened = self.open_entry(e, flags).await?;
+        Ok((attr, opened))
+    }
+
+    /// unlink(2). An open file keeps its spool until closed; its commit then finds the
+    /// entry gone and drops the data, as POSIX does with an unlinked file.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let e = self.port.lookup(self.id_of(parent)?, name_of(name, false)?).await?;
+        if e.kind == EntryKind::Dir {
+            return Err(PortError::IsADirectory.into());
+        }
+        Ok(self.port.delete(e.id, false).await?)
+    }
+
+    /// rmdir(2).
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let e = self.port.lookup(self.id_of(parent)?, name_of(name, false)?).await?;
+        if e.kind != EntryKind::Dir {
+            return Err(PortError::NotADirectory.into());
+        }
+        Ok(self.port.delete(e.id, false).await?)
+    }
+
+    /// rename(2) / renameat2(2) with `RENAME_NOREPLACE`; `RENAME_EXCHANGE` and
+    /// `RENAME_WHITEOUT` are `EINVAL`.
+    pub async fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: u32) -> Result<()> {
+        let mode = match flags {
+            0 => RenameMode::Posix,
+            f if f == libc::RENAME_NOREPLACE => RenameMode::NoReplace,
+            _ => return Err(FsError::Invalid("rename flags other than RENAME_NOREPLACE")),
+        };
+        let e = self.port.lookup(self.id_of(parent)?, name_of(name, false)?).await?;
+        let new_name = name_of(new_name, true)?;
+        self.port.rename(e.id, self.id_of(new_parent)?, new_name, mode).await?;
+        Ok(())
+    }
+
+    /// statfs(2).
+    pub async fn statfs(&self) -> Result<StatFs> {
+        let s = self.port.statfs().await?;
+        let bsize = 4096u64;
+        Ok(StatFs {
+            bsize: bsize as u32,
+            blocks: s.total_bytes / bsize,
+            bfree: s.total_bytes.saturating_sub(s.used_bytes) / bsize,
+        })
+    }
+
+    // ---- directories ----
+
+    /// opendir: a handle whose listing is fetched page by page as readdir advances.
+    pub async fn opendir(&self, ino: u64) -> Result<u64> {
+        let e = self.port.get(self.id_of(ino)?).await?;
+        if e.kind != EntryKind::Dir {
+            return Err(PortError::NotADirectory.into());
+        }
+        let h = DirHandle {
+            id: e.id,
+            parent: e.parent,
+            listing: tokio::sync::Mutex::new(Listing {
+                items: Vec::new(),
+                complete: false,
+            }),
+        };
+        Ok(self.insert_handle(Handle::Dir(Arc::new(h))))
+    }
+
+    /// readdir from `offset` (0 = start, which also refreshes the listing): up to
+    /// `max` items, `.` and `..` first. Offsets are positions in the handle's listing.
+    pub async fn readdir(&self, fh: u64, offset: u64, max: usize) -> Result<Vec<DirItem>> {
+        let Some(Handle::Dir(h)) = lock(&self.handles).get(&fh).cloned() else {
+            return Err(FsError::BadHandle);
+        };
+        let mut listing = h.listing.lock().await;
+        if offset == 0 {
+            *listing = Listing {
+                items: Vec::new(),
+                complete: false,
+            };
+        }
+        let want = (offset as usize).saturating_sub(2) + max;
+        while !listing.complete && listing.items.len() < want {
+            let after = listing.items.last().map(|(n, _, _)| n.clone());
+            let limit = self.cfg.list_page_size.max(1);
+            let page = self.port.list(h.id, after.as_deref(), limit).await?;
+            listing.complete = page.len() < limit;
+            listing.items.extend(page.into_iter().map(|e| (e.name, e.id, e.kind)));
+        }
+        let dots = [(".".to_owned(), h.id), ("..".to_owned(), h.parent)];
+        let mut out = Vec::new();
+        let mut pos = offset as usize;
+        while out.len() < max {
+            let (name, id, kind) = match pos {
+                0 | 1 => (dots[pos].0.clone(), dots[pos].1, EntryKind::Dir),
+                _ => match listing.items.get(pos - 2) {
+                    Some((n, id, k)) => (n.clone(), *id, *k),
+                    None => break,
+                },
+            };
+            pos += 1;
+            out.push(DirItem {
+                next_offset: pos as u64,
+                ino: self.ino_of(id),
+                kind,
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// releasedir.
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    // ---- files ----
+
+    fn insert_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, h);
+        fh
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::File(h)) => Ok(h.clone()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// The shared state of entry `e`, created on first use; `put_back` releases it.
+    fn acquire(&self, e: Entry) -> Arc<OpenFile> {
+        let mut open = lock(&self.open);
+        let of = open.entry(e.id).or_insert_with(|| {
+            Arc::new(OpenFile {
+                id: e.id,
+                refs: AtomicUsize::new(0),
+                state: tokio::sync::Mutex::new(FileState {
+                    spool: None,
+                    writers: 0,
+                }),
+                shadow: Mutex::new(Shadow {
+                    entry: e.clone(),
+                    spool_size: None,
+                    dirty_mtime: None,
+                }),
+            })
+        });
+        of.refs.fetch_add(1, Ordering::AcqRel);
+        of.clone()
+    }
+
+    /// Drops one reference; the last one removes the spool (a dirty one stays journaled,
+    /// retried on the next open or mount).
+    async fn put_back(&self, of: &Arc<OpenFile>) {
+        let mut st = of.state.lock().await;
+        let mut open = lock(&self.open);
+        if of.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        open.remove(&of.id);
+        if let Some(sp) = st.spool.take() {
+            self.spool_used.fetch_sub(sp.accounted, Ordering::AcqRel);
+            if !sp.dirty {
+                self.journal.remove_data(of.id);
+            } else {
+                warn!(id = of.id, "closed with an upload still pending; kept in the journal");
+            }
+        }
+    }
+
+    /// open(2). Writable opens get the spool (a copy of the content, or empty with
+    /// `O_TRUNC`).
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        let e = self.port.get(self.id_of(ino)?).await?;
+        if e.kind == EntryKind::Dir {
+            return Err(PortError::IsADirectory.into());
+        }
+        self.open_entry(e, flags).await
+    }
+
+    async fn open_entry(&self, e: Entry, flags: i32) -> Result<Opened> {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let sha1 = e.sha1.clone();
+        let of = self.acquire(e);
+        let res = async {
+            let mut st = of.state.lock().await;
+            if writable {
+                let trunc = flags & libc::O_TRUNC != 0;
+                self.ensure_spool(&of, &mut st, trunc.then_some(0)).await?;
+                if trunc {
+                    // Even an already empty file gets new mtime/ctime from O_TRUNC (POSIX).
+                    let sp = st.spool.as_mut().ok_or(FsError::BadHandle)?;
+                    sp.file.set_len(0)?;
+                    sp.size = 0;
+                    self.mark_dirty(&of, sp)?;
+                }
+                st.writers += 1;
+            } else if st.spool.is_none() && self.journal.is_pending(of.id) {
+                // Changes a failed commit left behind are the file's current content.
+                self.ensure_spool(&of, &mut st, None).await?;
+            }
+            // The kernel's cached pages are still right if it cached this same content,
+            // or if a spool (whose writes went through the page cache) is in use.
+            let keep_cache = st.spool.is_some() || {
+                let mut kept = lock(&self.kept);
+                let same = sha1.is_some() && kept.get(&of.id) == sha1.as_ref();
+                if let Some(s) = sha1 {
+                    kept.put(of.id, s);
+                }
+                same
+            };
+            Ok::<_, FsError>(keep_cache)
+        }
+        .await;
+        match res {
+            Ok(keep_cache) => {
+                let h = FileHandle {
+                    file: of,
+                    writable,
+                    append: flags & libc::O_APPEND != 0,
+                    ra: Mutex::new(ReadAhead::new(self.cfg.read_ahead_max)),
+                };
+                Ok(Opened {
+                    fh: self.insert_handle(Handle::File(Arc::new(h))),
+                    keep_cache,
+                })
+            }
+            Err(err) => {
+                self.put_back(&of).await;
+                Err(err)
+            }
+        }
+    }
+
+    fn reserve(&self, sp: &mut Spool, size: u64) -> Result<()> {
+        if size <= sp.accounted {
+            return Ok(());
+        }
+        self.reserve_bytes(size - sp.accounted)?;
+        sp.accounted = size;
+        Ok(())
+    }
+
+    fn resize(&self, sp: &mut Spool, size: u64) -> Result<()> {
+        self.reserve(sp, size)
+    }
+
+    fn reserve_bytes(&self, n: u64) -> Result<()> {
+        let max = self.cfg.max_spool_bytes;
+        self.spool_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|t| *t <= max)
+            })
+            .map(|_| ())
+            .map_err(|_| FsError::SpoolFull)
+    }
+
+    /// Gives `of` a spool: adopts a journaled one left by a failed commit or a killed
+    /// run, else copies the current content (only the first `keep` bytes when the caller
+    /// is about to truncate to `keep`).
+    async fn ensure_spool(&self, of: &OpenFile, st: &mut FileState, keep: Option<u64>) -> Result<()> {
+        if st.spool.is_some() {
+            return Ok(());
+        }
+        let path = self.journal.data_path(of.id);
+        if self.journal.is_pending(of.id) {
+            if let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) {
+                let size = file.metadata()?.len();
+                self.reserve_bytes(size)?;
+                info!(id = of.id, size, "adopting a pending upload from the journal");
+                st.spool = Some(Spool {
+                    file,
+                    size,
+                    accounted: size,
+                    dirty: true,
+                    journaled: true,
+                    mtime_ms: now_ms(),
+                    explicit_mtime: None,
+                });
+                let mut sh = lock(&of.shadow);
+                sh.spool_size = Some(size);
+                sh.dirty_mtime = Some(now_ms());
+                return Ok(());
+            }
+        }
+        let e = lock(&of.shadow).entry.clone();
+        let copy = keep.map_or(e.size, |k| k.min(e.size));
+        self.reserve_bytes(copy)?;
+        let made = async {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            let sha1 = e.sha1.as_deref().unwrap_or(EMPTY_SHA1);
+            let mut off = 0;
+            while off < copy {
+                let chunk = (copy - off).min(8 << 20);
+                let data = self.port.read(e.id, sha1, off, chunk).await?;
+                if data.is_empty() {
+                    return Err(FsError::Port(PortError::Other(
+                        "content shorter than its entry's size".into(),
+                    )));
+                }
+                file.write_all_at(&data, off)?;
+                off += data.len() as u64;
+            }
+            Ok::<_, FsError>(file)
+        }
+        .await;
+        match made {
+            Ok(file) => {
+                st.spool = Some(Spool {
+                    file,
+                    size: copy,
+                    accounted: copy,
+                    dirty: false,
+                    journaled: false,
+                    mtime_ms: e.mtime_ms,
+                    explicit_mtime: None,
+                });
+                lock(&of.shadow).spool_size = Some(copy);
+                Ok(())
+            }
+            Err(err) => {
+                self.spool_used.fetch_sub(copy, Ordering::AcqRel);
+                let _ = std::fs::remove_file(&path);
+                Err(err)
+            }
+        }
+    }
+
+    fn mark_dirty(&self, of: &OpenFile, sp: &mut Spool) -> Result<()> {
+        if !sp.journaled {
+            self.journal.mark_pending(&Pending {
+                id: of.id,
+                mtime_ms: None,
+            })?;
+            sp.journaled = true;
+        }
+        sp.dirty = true;
+        sp.mtime_ms = now_ms();
+        sp.explicit_mtime = None;
+        let mut sh = lock(&of.shadow);
+        sh.spool_size = Some(sp.size);
+        sh.dirty_mtime = Some(sp.mtime_ms);
+        Ok(())
+    }
+
+    /// Uploads a dirty spool and waits for the port to commit it.
+    async fn commit(&self, of: &OpenFile, st: &mut FileState) -> Result<()> {
+        let Some(sp) = st.spool.as_mut().filter(|s| s.dirty) else {
+            return Ok(());
+        };
+        let sha1 = sha1_file(&mut sp.file)?;
+        let path = self.journal.data_path(of.id);
+        let put = PutFile {
+            target: PutTarget::Replace { id: of.id },
+            source: &path,
+            size: sp.size,
+            sha1: &sha1,
+            mtime_ms: sp.explicit_mtime.unwrap_or(sp.mtime_ms),
+        };
+        let result = {
+            let _permit = self.uploads.acquire().await;
+            self.port.put_file(put).await
+        };
+        match result {
+            Ok(e) => {
+                debug!(id = of.id, size = sp.size, sha1, "committed");
+                lock(&self.kept).put(of.id, sha1);
+                let mut sh = lock(&of.shadow);
+                sh.entry = e;
+                sh.dirty_mtime = None;
+            }
+            Err(PortError::NotFound) => {
+                debug!(id = of.id, "entry deleted before its upload; dropping the data");
+            }
+            Err(err) => return Err(err.into()),
+        }
+        sp.dirty = false;
+        sp.journaled = false;
+        self.journal.clear_pending(of.id)?;
+        Ok(())
+    }
+
+    /// read(2): from the spool if the entry has one, else through the block cache.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
+        let h = self.file_handle(fh)?;
+        let (sha1, file_size) = {
+            let st = h.file.state.lock().await;
+            if let Some(sp) = &st.spool {
+                let len = sp.size.saturating_sub(offset).min(size as u64) as usize;
+                let mut buf = vec![0u8; len];
+                sp.file.read_exact_at(&mut buf, offset)?;
+                return Ok(Bytes::from(buf));
+            }
+            let e = &lock(&h.file.shadow).entry;
+            (e.sha1.clone().unwrap_or_else(|| EMPTY_SHA1.to_owned()), e.size)
+        };
+        if offset >= file_size || size == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + size as u64).min(file_size);
+        let want = lock(&h.ra).advance(offset, end);
+        self.read_content(h.file.id, &sha1, file_size, offset, end, want).await
+    }
+
+    /// Bytes `[offset, end)` of content `sha1`, fetching missing blocks plus read-ahead up
+    /// to `offset + want` in one ranged read; if only the read-ahead part is missing, it
+    /// is fetched in the background.
+    async fn read_content(
+        &self,
+        id: i64,
+        sha1: &str,
+        file_size: u64,
+        offset: u64,
+        end: u64,
+        want: u64,
+    ) -> Result<Bytes> {
+        let first = offset / BLOCK_SIZE;
+        let last_needed = (end - 1) / BLOCK_SIZE;
+        let fetch_end = (offset + want).min(file_size).max(end);
+        let last_fetch = (fetch_end - 1) / BLOCK_SIZE;
+        let mut blocks: Vec<Option<Bytes>> = (first..=last_needed).map(|b| self.cache.get(sha1, b)).collect();
+        if let Some(miss) = blocks.iter().position(Option::is_none) {
+            let start = first + miss as u64;
+            let data = self
+                .port
+                .read(id, sha1, start * BLOCK_SIZE, (last_fetch + 1 - start) * BLOCK_SIZE)
+                .await?;
+            for (i, chunk) in split_blocks(&data).into_iter().enumerate() {
+                let b = start + i as u64;
+                self.cache.insert(sha1, b, chunk.clone());
+                if b <= last_needed {
+                    blocks[(b - first) as usize] = Some(chunk);
+                }
+            }
+        } else if last_fetch > last_needed {
+            self.prefetch(id, sha1, last_needed + 1, last_fetch);
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (i, block) in blocks.into_iter().enumerate() {
+            let block = block.ok_or_else(|| PortError::Other("content shorter than its entry's size".into()))?;
+            let base = (first + i as u64) * BLOCK_SIZE;
+            let from = offset.saturating_sub(base) as usize;
+            let to = ((end - base) as usize).min(block.len());
+            if from < to {
+                out.extend_from_slice(&block[from..to]);
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Background read-ahead of blocks `[from, to]` not already cached or in flight.
+    fn prefetch(&self, id: i64, sha1: &str, from: u64, to: u64) {
+        let Some(start) = (from..=to).find(|b| self.cache.get(sha1, *b).is_none()) else {
+            return;
+        };
+        let key = (sha1.to_owned(), start);
+        if !lock(&self.prefetching).insert(key.clone()) {
+            return;
+        }
+        let (port, cache, inflight) = (self.port.clone(), self.cache.clone(), self.prefetching.clone());
+        let sha1 = sha1.to_owned();
+        tokio::spawn(async move {
+            match port
+                .read(id, &sha1, start * BLOCK_SIZE, (to + 1 - start) * BLOCK_SIZE)
+                .await
+            {
+                Ok(data) => {
+                    for (i, chunk) in split_blocks(&data).into_iter().enumerate() {
+                        cache.insert(&sha1, start + i as u64, chunk);
+                    }
+                }
+                Err(e) => debug!(id, error = %e, "read-ahead failed"),
+            }
+            lock(&inflight).remove(&key);
+        });
+    }
+
+    /// write(2) into the spool. `O_APPEND` handles write at the end of the spool.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.file_handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        let of = &h.file;
+        let mut st = of.state.lock().await;
+        self.ensure_spool(of, &mut st, None).await?;
+        let sp = st.spool.as_mut().ok_or(FsError::BadHandle)?;
+        let offset = if h.append { sp.size } else { offset };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::Invalid("offset overflow"))?;
+        self.reserve(sp, end)?;
+        sp.file.write_all_at(data, offset)?;
+        sp.size = sp.size.max(end);
+        self.mark_dirty(of, sp)?;
+        Ok(data.len() as u32)
+    }
+
+    /// fallocate(2): plain allocation extends the spool; `FALLOC_FL_KEEP_SIZE` has
+    /// nothing to reserve remotely; other modes (punch hole, collapse...) are
+    /// `EOPNOTSUPP`.
+    pub async fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let h = self.file_handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        match mode {
+            0 => {}
+            libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
+            _ => return Err(FsError::Unsupported("fallocate mode")),
+        }
+        let of = &h.file;
+        let mut st = of.state.lock().await;
+        self.ensure_spool(of, &mut st, None).await?;
+        let sp = st.spool.as_mut().ok_or(FsError::BadHandle)?;
+        let end = offset.checked_add(len).ok_or(FsError::Invalid("offset overflow"))?;
+        if end > sp.size {
+            self.reserve(sp, end)?;
+            sp.file.set_len(end)?;
+            sp.size = end;
+            self.mark_dirty(of, sp)?;
+        }
+        Ok(())
+    }
+
+    /// flush (every close(2)) and fsync(2): commit the entry's changes, if any.
+    pub async fn flush(&self, fh: u64) -> Result<()> {
+        let h = self.file_handle(fh)?;
+        let mut st = h.file.state.lock().await;
+        self.commit(&h.file, &mut st).await
+    }
+
+    /// release (last close of a handle): commit what is left (writes through a shared
+    /// mapping can arrive after the last flush) and drop the handle.
+    pub async fn release(&self, fh: u64) -> Result<()> {
+        let h = match lock(&self.handles).remove(&fh) {
+            Some(Handle::File(h)) => h,
+            _ => return Err(FsError::BadHandle),
+        };
+        let res = {
+            let mut st = h.file.state.lock().await;
+            if h.writable {
+                st.writers -= 1;
+            }
+            self.commit(&h.file, &mut st).await
+        };
+        if let Err(e) = &res {
+            warn!(id = h.file.id, error = %e, "upload failed at close; kept in the journal");
+        }
+        self.put_back(&h.file).await;
+        res
+    }
+
+    /// Uploads what a previous run left in the journal. Entries deleted meanwhile go to
+    /// `lost/`; failures stay journaled (adopted by the next open of that file).
+    pub async fn recover(&self) -> io::Result<usize> {
+        let mut done = 0;
+        for p in self.journal.recover()? {
+            let path = self.journal.data_path(p.id);
+            let mut file = File::open(&path)?;
+            let meta = file.metadata()?;
+            let mtime_ms = p
+                .mtime_ms
+                .unwrap_or_else(|| meta.modified().map(time_to_ms).unwrap_or_else(|_| now_ms()));
+            let sha1 = sha1_file(&mut file)?;
+            let put = PutFile {
+                target: PutTarget::Replace { id: p.id },
+                source: &path,
+                size: meta.len(),
+                sha1: &sha1,
+                mtime_ms,
+            };
+            match self.port.put_file(put).await {
+                Ok(_) => {
+                    info!(id = p.id, size = meta.len(), "resumed a pending upload");
+                    self.journal.clear_pending(p.id)?;
+                    self.journal.remove_data(p.id);
+                    done += 1;
+                }
+                Err(PortError::NotFound) => {
+                    let kept = self.journal.move_to_lost(p.id)?;
+                    warn!(id = p.id, path = %kept.display(), "pending upload's file was deleted; data kept aside");
+                }
+                Err(e) => warn!(id = p.id, error = %e, "pending upload still failing; left in the journal"),
+            }
+        }
+        Ok(done)
+    }
+}
+
+fn split_blocks(data: &Bytes) -> Vec<Bytes> {
+    let b = BLOCK_SIZE as usize;
+    (0..data.len().div_ceil(b))
+        .map(|i| data.slice(i * b..((i + 1) * b).min(data.len())))
+        .collect()
+}

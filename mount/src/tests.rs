@@ -1,0 +1,233 @@
+//! Tests of the filesystem logic over the in-memory port, without FUSE in the loop.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use crate::fs::{AttrChange, Caller, Fs, ROOT_INO};
+use crate::memory::MemoryTree;
+use crate::{MountConfig, BLOCK_SIZE};
+
+const ME: Caller = Caller { uid: 0, gid: 0 };
+const RDWR: i32 = libc::O_RDWR;
+
+fn setup(spool: &std::path::Path) -> (Arc<MemoryTree>, Fs) {
+    let tree = Arc::new(MemoryTree::new(0, 0));
+    let fs = Fs::new(tree.clone(), MountConfig::new(spool)).unwrap();
+    (tree, fs)
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 4096) as u8).collect()
+}
+
+async fn write_file(fs: &Fs, name: &str, data: &[u8]) -> u64 {
+    let (attr, o) = fs.create(ROOT_INO, OsStr::new(name), 0o644, RDWR, ME).await.unwrap();
+    for (i, chunk) in data.chunks(64 * 1024).enumerate() {
+        fs.write(o.fh, (i * 64 * 1024) as u64, chunk).await.unwrap();
+    }
+    fs.flush(o.fh).await.unwrap();
+    fs.release(o.fh).await.unwrap();
+    attr.ino
+}
+
+async fn read_all(fs: &Fs, ino: u64, chunk: u32) -> Vec<u8> {
+    let o = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let b = fs.read(o.fh, out.len() as u64, chunk).await.unwrap();
+        if b.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&b);
+    }
+    fs.release(o.fh).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_commits_and_cached_reads_do_not_refetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup(dir.path());
+    let data = pattern(3 * 1024 * 1024 + 123);
+    let ino = write_file(&fs, "f", &data).await;
+    assert_eq!(tree.content("f").unwrap(), data, "flush returns only after the commit");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "only lock and empty remain in the spool"
+    );
+
+    let before = tree.read_calls();
+    assert_eq!(read_all(&fs, ino, 128 * 1024).await, data);
+    let first = tree.read_calls() - before;
+    // 3 MiB in 128 KiB reads: read-ahead doubles the window, so far fewer than 25 fetches.
+    assert!(first <= 8, "read-ahead should batch fetches, got {first}");
+    let before = tree.read_calls();
+    assert_eq!(read_all(&fs, ino, 4096).await, data);
+    assert_eq!(tree.read_calls(), before, "second read must come from the block cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_writes_truncate_and_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup(dir.path());
+    let ino = write_file(&fs, "f", &pattern(300_000)).await;
+    let mut model = pattern(300_000);
+
+    let o = fs.open(ino, RDWR).await.unwrap();
+    fs.write(o.fh, 10, b"hello").await.unwrap();
+    model[10..15].copy_from_slice(b"hello");
+    fs.write(o.fh, 400_000, b"tail").await.unwrap();
+    model.resize(400_000, 0);
+    model.extend_from_slice(b"tail");
+    // Reads through another handle see the spool before the commit.
+    let o2 = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&fs.read(o2.fh, 8, 9).await.unwrap()[..], &model[8..17]);
+    fs.release(o2.fh).await.unwrap();
+    assert_eq!(fs.getattr(ino).await.unwrap().size, 400_004);
+    fs.release(o.fh).await.unwrap();
+    assert_eq!(tree.content("f").unwrap(), model);
+
+    fs.setattr(
+        ino,
+        AttrChange {
+            size: Some(5),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        &tree.content("f").unwrap()[..],
+        &model[..5],
+        "truncate(2) without an open file commits at once"
+    );
+
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_APPEND).await.unwrap();
+    fs.write(o.fh, 0, b"+app").await.unwrap();
+    fs.release(o.fh).await.unwrap();
+    assert_eq!(
+        &tree.content("f").unwrap()[..],
+        [&model[..5], b"+app"].concat().as_slice()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readdir_pages_through_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = Arc::new(MemoryTree::new(0, 0));
+    let mut cfg = MountConfig::new(dir.path());
+    cfg.list_page_size = 10;
+    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    for i in 0..35 {
+        fs.mkdir(ROOT_INO, OsStr::new(&format!("d{i:03}")), 0o755, ME)
+            .await
+            .unwrap();
+    }
+    let fh = fs.opendir(ROOT_INO).await.unwrap();
+    let mut names = Vec::new();
+    let mut off = 0;
+    loop {
+        let items = fs.readdir(fh, off, 7).await.unwrap();
+        let Some(last) = items.last() else { break };
+        off = last.next_offset;
+        names.extend(items.into_iter().map(|i| i.name));
+    }
+    fs.releasedir(fh);
+    assert_eq!(names.len(), 37);
+    assert_eq!(&names[..3], [".", "..", "d000"]);
+    assert_eq!(tree.list_calls(), 4, "35 entries in pages of 10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_mount_resumes_its_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup(dir.path());
+    let (attr, o) = fs.create(ROOT_INO, OsStr::new("f"), 0o644, RDWR, ME).await.unwrap();
+    fs.write(o.fh, 0, b"not yet uploaded").await.unwrap();
+    // The process dies: no flush, no release. Only the spool directory survives.
+    drop(fs);
+    assert_eq!(tree.content("f").unwrap(), &b""[..]);
+    let fs = Fs::new(tree.clone(), MountConfig::new(dir.path())).unwrap();
+    assert_eq!(fs.recover().await.unwrap(), 1);
+    assert_eq!(tree.content("f").unwrap(), &b"not yet uploaded"[..]);
+    assert_eq!(fs.getattr(attr.ino).await.unwrap().size, 16);
+    assert_eq!(fs.recover().await.unwrap(), 0, "the journal is empty afterwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_stays_journaled_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup(dir.path());
+    let (attr, o) = fs.create(ROOT_INO, OsStr::new("f"), 0o644, RDWR, ME).await.unwrap();
+    fs.write(o.fh, 0, b"v1").await.unwrap();
+    tree.fail_uploads(true);
+    assert_eq!(fs.flush(o.fh).await.unwrap_err().errno(), libc::EIO);
+    assert!(fs.release(o.fh).await.is_err());
+    tree.fail_uploads(false);
+    // Reopening adopts the journaled spool; closing commits it.
+    let o = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&fs.read(o.fh, 0, 10).await.unwrap()[..], b"v1");
+    fs.release(o.fh).await.unwrap();
+    assert_eq!(tree.content("f").unwrap(), &b"v1"[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_map_to_the_documented_errno() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tree, fs) = setup(dir.path());
+    fn e<T: std::fmt::Debug>(r: Result<T, crate::FsError>) -> i32 {
+        r.unwrap_err().errno()
+    }
+    assert_eq!(e(fs.lookup(ROOT_INO, OsStr::new("nope")).await), libc::ENOENT);
+    assert_eq!(
+        e(fs.lookup(ROOT_INO, OsStr::new(&"x".repeat(256))).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        e(fs.mknod(ROOT_INO, OsStr::new("fifo"), libc::S_IFIFO | 0o644, ME).await),
+        libc::EPERM
+    );
+    let d = fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ME).await.unwrap();
+    fs.mkdir(d.ino, OsStr::new("sub"), 0o755, ME).await.unwrap();
+    assert_eq!(e(fs.rmdir(ROOT_INO, OsStr::new("d")).await), libc::ENOTEMPTY);
+    assert_eq!(e(fs.unlink(ROOT_INO, OsStr::new("d")).await), libc::EISDIR);
+    assert_eq!(e(fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ME).await), libc::EEXIST);
+    assert_eq!(
+        e(fs.rename(ROOT_INO, OsStr::new("d"), d.ino, OsStr::new("x"), 0).await),
+        libc::EINVAL
+    );
+    write_file(&fs, "f", b"x").await;
+    assert_eq!(
+        e(fs.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new("d"), 0).await),
+        libc::EISDIR
+    );
+    assert_eq!(
+        e(fs.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("f"), 0).await),
+        libc::ENOTDIR
+    );
+    let noreplace = libc::RENAME_NOREPLACE;
+    assert_eq!(
+        e(
+            fs.rename(ROOT_INO, OsStr::new("f"), d.ino, OsStr::new("sub"), noreplace)
+                .await
+        ),
+        libc::EEXIST
+    );
+    assert_eq!(
+        e(fs.rename(
+            ROOT_INO,
+            OsStr::new("f"),
+            ROOT_INO,
+            OsStr::new("g"),
+            libc::RENAME_EXCHANGE
+        )
+        .await),
+        libc::EINVAL
+    );
+}
+
+#[test]
+fn block_size_is_what_the_docs_say() {
+    assert_eq!(BLOCK_SIZE, 128 * 1024);
+}

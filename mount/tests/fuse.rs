@@ -1,0 +1,276 @@
+//! Every operation through the kernel: the in-memory tree mounted in a temp dir and
+//! driven with std::fs and libc. Needs root and /dev/fuse.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::{assert_fuse, cstr, errno_of, TestMount};
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect()
+}
+
+#[test]
+fn files_dirs_and_attributes() {
+    let m = TestMount::new();
+    // create, write, flush (close) and close-to-open: the tree has it when close returns
+    fs::write(m.path("a.txt"), b"hello world").unwrap();
+    assert_eq!(m.tree.content("a.txt").unwrap(), &b"hello world"[..]);
+    assert_eq!(fs::read(m.path("a.txt")).unwrap(), b"hello world");
+
+    // lookup / getattr
+    let md = fs::metadata(m.path("a.txt")).unwrap();
+    assert!(md.is_file());
+    assert_eq!(md.len(), 11);
+    assert_eq!(md.nlink(), 1);
+    assert_eq!(errno_of(fs::metadata(m.path("missing"))), libc::ENOENT);
+
+    // setattr: mode, mtime, truncate (shrink and grow)
+    fs::set_permissions(m.path("a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        fs::metadata(m.path("a.txt")).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    let t = UNIX_EPOCH + Duration::from_millis(1_600_000_000_123);
+    File::options()
+        .write(true)
+        .open(m.path("a.txt"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    assert_eq!(fs::metadata(m.path("a.txt")).unwrap().modified().unwrap(), t);
+    OpenOptions::new()
+        .write(true)
+        .open(m.path("a.txt"))
+        .unwrap()
+        .set_len(5)
+        .unwrap();
+    assert_eq!(fs::read(m.path("a.txt")).unwrap(), b"hello");
+    let f = OpenOptions::new().write(true).open(m.path("a.txt")).unwrap();
+    f.set_len(8).unwrap();
+    drop(f);
+    assert_eq!(m.tree.content("a.txt").unwrap(), &b"hello\0\0\0"[..]);
+
+    // mkdir, rmdir (empty and not)
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/x"), b"x").unwrap();
+    assert_eq!(errno_of(fs::remove_dir(m.path("d"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::create_dir(m.path("d"))), libc::EEXIST);
+    fs::create_dir(m.path("e")).unwrap();
+    fs::remove_dir(m.path("e")).unwrap();
+    assert!(!m.path("e").exists());
+
+    // unlink
+    assert_eq!(errno_of(fs::remove_file(m.path("d"))), libc::EISDIR);
+    fs::remove_file(m.path("d/x")).unwrap();
+    assert_eq!(errno_of(fs::metadata(m.path("d/x"))), libc::ENOENT);
+
+    // statfs
+    let c = cstr(&m.mnt);
+    // SAFETY: valid path, zeroed out-struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    assert!(st.f_blocks > 0 && st.f_bfree <= st.f_blocks);
+    assert_eq!(st.f_namemax, 255);
+    assert_fuse(&m.mnt);
+}
+
+#[test]
+fn rename_replacing_and_noreplace() {
+    let m = TestMount::new();
+    fs::write(m.path("a"), b"A").unwrap();
+    fs::write(m.path("b"), b"B").unwrap();
+    let ino_a = fs::metadata(m.path("a")).unwrap().ino();
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"A");
+    assert_eq!(
+        fs::metadata(m.path("b")).unwrap().ino(),
+        ino_a,
+        "rename keeps the inode"
+    );
+    assert!(!m.path("a").exists());
+
+    fs::write(m.path("c"), b"C").unwrap();
+    let renameat2 = |from: &str, to: &str, flags: u32| {
+        let (f, t) = (cstr(&m.path(from)), cstr(&m.path(to)));
+        // SAFETY: valid NUL-terminated paths; AT_FDCWD with absolute paths.
+        let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    assert_eq!(errno_of(renameat2("c", "b", libc::RENAME_NOREPLACE)), libc::EEXIST);
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"A");
+    renameat2("c", "c2", libc::RENAME_NOREPLACE).unwrap();
+    assert_eq!(errno_of(renameat2("c2", "b", libc::RENAME_EXCHANGE)), libc::EINVAL);
+
+    // directories: into another dir, over an empty dir, not over a non-empty one, not under itself
+    fs::create_dir_all(m.path("d1/sub")).unwrap();
+    fs::create_dir(m.path("d2")).unwrap();
+    fs::rename(m.path("d1/sub"), m.path("d2/moved")).unwrap();
+    assert!(m.path("d2/moved").is_dir());
+    fs::create_dir(m.path("empty")).unwrap();
+    fs::rename(m.path("d1"), m.path("empty")).unwrap();
+    assert_eq!(errno_of(fs::rename(m.path("empty"), m.path("d2"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::rename(m.path("d2"), m.path("d2/moved/x"))), libc::EINVAL);
+    assert_eq!(errno_of(fs::rename(m.path("b"), m.path("d2"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::rename(m.path("d2"), m.path("b"))), libc::ENOTDIR);
+}
+
+#[test]
+fn large_directory_is_listed_in_pages() {
+    let m = TestMount::with(|c| c.list_page_size = 100);
+    for i in 0..1500 {
+        fs::create_dir(m.path(&format!("d{i:05}"))).unwrap();
+    }
+    let before = m.tree.list_calls();
+    let mut names: Vec<String> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 1500);
+    assert_eq!(names[0], "d00000");
+    assert_eq!(names[1499], "d01499");
+    assert!(m.tree.list_calls() - before >= 15, "1500 entries need 15 pages of 100");
+}
+
+#[test]
+fn random_writes_appends_and_fsync() {
+    let m = TestMount::new();
+    let mut model = pattern(1 << 20);
+    fs::write(m.path("f"), &model).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(m.path("f")).unwrap();
+    for (i, off) in [7usize, 300_000, 1 << 19, (1 << 20) - 3].into_iter().enumerate() {
+        let data = vec![i as u8 + 1; 4096];
+        f.write_all_at(&data, off as u64).unwrap();
+        if model.len() < off + data.len() {
+            model.resize(off + data.len(), 0);
+        }
+        model[off..off + data.len()].copy_from_slice(&data);
+    }
+    // read-your-writes before the commit
+    let mut buf = vec![0; 10];
+    f.read_exact_at(&mut buf, 300_000).unwrap();
+    assert_eq!(buf, &model[300_000..300_010]);
+    f.sync_all().unwrap(); // fsync commits
+    assert_eq!(m.tree.content("f").unwrap(), model);
+    drop(f);
+
+    let mut f = OpenOptions::new().append(true).open(m.path("f")).unwrap();
+    f.write_all(b"appended").unwrap();
+    drop(f);
+    model.extend_from_slice(b"appended");
+    assert_eq!(fs::read(m.path("f")).unwrap(), model);
+
+    // O_TRUNC through the atomic open
+    let mut f = OpenOptions::new().write(true).truncate(true).open(m.path("f")).unwrap();
+    f.write_all(b"new").unwrap();
+    f.seek(SeekFrom::Start(10)).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(m.tree.content("f").unwrap(), &b"new\0\0\0\0\0\0\0!"[..]);
+}
+
+fn drop_page_cache(f: &File) {
+    // SAFETY: a valid open descriptor.
+    assert_eq!(
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+}
+
+fn read_from_start(mut f: &File) -> Vec<u8> {
+    let mut out = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn cached_reads_do_not_refetch() {
+    let m = TestMount::new();
+    let data = pattern(4 << 20);
+    fs::write(m.path("big"), &data).unwrap();
+    let f = File::open(m.path("big")).unwrap();
+    // The pages written are still cached (same SHA-1, FOPEN_KEEP_CACHE): nothing to fetch.
+    let before = m.tree.read_calls();
+    assert_eq!(read_from_start(&f), data);
+    assert_eq!(m.tree.read_calls(), before);
+
+    // Without the page cache the mount fetches, in few ranged reads thanks to read-ahead.
+    drop_page_cache(&f);
+    assert_eq!(read_from_start(&f), data);
+    let first = m.tree.read_calls() - before;
+    assert!(
+        (1..=10).contains(&first),
+        "read-ahead should need few fetches for 4 MiB, got {first}"
+    );
+
+    // And again: now the mount's block cache serves it.
+    drop_page_cache(&f);
+    assert_eq!(read_from_start(&f), data);
+    drop(f);
+    let f = File::open(m.path("big")).unwrap();
+    drop_page_cache(&f);
+    assert_eq!(read_from_start(&f), data);
+    assert_eq!(
+        m.tree.read_calls() - before,
+        first,
+        "cached reads must not reach the port"
+    );
+}
+
+#[test]
+fn unsupported_operations_answer_the_documented_errno() {
+    let m = TestMount::new();
+    fs::write(m.path("f"), b"x").unwrap();
+    assert_eq!(errno_of(std::os::unix::fs::symlink("f", m.path("sl"))), libc::EPERM);
+    assert_eq!(errno_of(fs::hard_link(m.path("f"), m.path("hl"))), libc::EPERM);
+    let fifo = cstr(&m.path("fifo"));
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+    let (p, n) = (cstr(&m.path("f")), c"user.test");
+    // SAFETY: valid path and name; value pointer and length agree.
+    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    assert_eq!(r, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EOPNOTSUPP));
+    assert_eq!(errno_of(fs::read_link(m.path("f"))), libc::EINVAL);
+    let f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: a valid open descriptor.
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), punch, 0, 1) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EOPNOTSUPP));
+    // SAFETY: a valid open descriptor.
+    assert_eq!(
+        unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 4096) },
+        0,
+        "plain allocation works"
+    );
+    drop(f);
+    assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 4096);
+    assert_eq!(errno_of(fs::create_dir(m.path(&"n".repeat(256)))), libc::ENAMETOOLONG);
+}
+
+#[test]
+fn unlinked_open_file_keeps_working_and_vanishes() {
+    let m = TestMount::new();
+    fs::write(m.path("f"), b"data").unwrap();
+    let mut f = OpenOptions::new().read(true).write(true).open(m.path("f")).unwrap();
+    f.seek(SeekFrom::End(0)).unwrap();
+    fs::remove_file(m.path("f")).unwrap();
+    f.write_all(b"more").unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 8);
+    drop(f);
+    assert!(m.tree.content("f").is_none());
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0);
+}
