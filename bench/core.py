@@ -93,6 +93,55 @@ def cpu_seconds(pids):
     return total
 
 
+def busy_cpu_s():
+    """CPU seconds the whole machine has spent busy so far (/proc/stat, all CPUs, idle and iowait excluded)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / CLK
+
+
+def own_cpu_s():
+    """CPU seconds of this process and its waited-for children (curl, wrk, client processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class Others:
+    """CPU time spent during a measurement by everything but the servers under test, this script and its
+    children (other users' jobs, kernel writeback threads): how noisy the shared machine was."""
+
+    def __init__(self, pids):
+        self.pids = pids
+        self.b0, self.o0, self.s0 = busy_cpu_s(), own_cpu_s(), cpu_seconds(pids)
+
+    def cpu_s(self):
+        return max(0.0, busy_cpu_s() - self.b0 - (own_cpu_s() - self.o0) - (cpu_seconds(self.pids) - self.s0))
+
+
+QUIET_WAIT_S = float(os.environ.get("BENCH_QUIET_WAIT", "30"))  # 0 disables the gate
+QUIET_CPU = 0.15  # CPU-seconds per second that other processes may use for the machine to count as quiet
+
+
+def wait_quiet(pids, what, log=None):
+    """Before a round: waits (up to BENCH_QUIET_WAIT s) for a 1 s window in which processes other than
+    the servers under test and this script used < QUIET_CPU of a CPU. Returns the seconds waited and the
+    other processes' CPU share in the last window. It cannot keep the machine quiet during the round;
+    the per-measurement others_cpu_s figures say whether it stayed so."""
+    t0 = time.perf_counter()
+    share = 0.0
+    while True:
+        o = Others(pids)
+        time.sleep(1.0)
+        share = o.cpu_s()
+        waited = time.perf_counter() - t0
+        if share < QUIET_CPU or waited >= QUIET_WAIT_S:
+            break
+    if log and waited > 1.5:
+        log("%s: waited %.0f s for a quiet machine (other processes at %.2f CPU%s)"
+            % (what, waited, share, "" if share < QUIET_CPU else ", gave up"))
+    return waited, share
+
+
 class RssSampler(threading.Thread):
     """Polls VmRSS (sum over pids) every `every` seconds; .peak_kib is the highest seen."""
 
@@ -184,6 +233,25 @@ def store_stat(data_dir):
     return res
 
 
+def disk_written(path):
+    """Bytes written so far to the block device holding `path` (/proc/diskstats), or None."""
+    st = os.stat(path)
+    maj, mnr = os.major(st.st_dev), os.minor(st.st_dev)
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                v = line.split()
+                if int(v[0]) == maj and int(v[1]) == mnr:
+                    return int(v[9]) * 512
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def mib_delta(b0, b1):
+    return (b1 - b0) / MIB if b0 is not None and b1 is not None else None
+
+
 def dir_stat(path):
     files, nbytes = 0, 0
     for root, _dirs, names in os.walk(path):
@@ -229,11 +297,13 @@ def curl_transfer(t, rel, put_src=None, resp_file=os.devnull):
     cmd.append(url(t, rel))
     rss0 = sum(status_kib(p, "VmRSS") for p in pids)
     cpu0 = cpu_seconds(pids)
+    others = Others(pids)
     s = RssSampler(pids)
     s.start()
     out = subprocess.run(cmd, capture_output=True, text=True)
     s.stop()
     cpu = cpu_seconds(pids) - cpu0
+    others_cpu = others.cpu_s()
     if out.returncode != 0:
         raise RuntimeError("curl %s failed (%d): %s" % (" ".join(cmd), out.returncode, out.stderr.strip()))
     code, secs, up, down = out.stdout.split()
@@ -241,7 +311,7 @@ def curl_transfer(t, rel, put_src=None, resp_file=os.devnull):
     nbytes = int(float(up if put_src else down))
     return dict(code=int(code), secs=secs, bytes=nbytes, MBps=nbytes / secs / MB if secs else 0,
                 rss_before_mib=rss0 / 1024, rss_peak_mib=s.peak_kib / 1024, rss_samples=s.samples,
-                cpu_s=cpu)
+                cpu_s=cpu, others_cpu_s=others_cpu)
 
 
 def verify_get(t, rel, sha1):
@@ -354,6 +424,7 @@ def small_put(t, rel, count, size, conc, procs):
                prefix="%s%s/" % (t["files_prefix"], rel))
     pids = server_pids(t)
     cpu0 = cpu_seconds(pids)
+    others = Others(pids)
     ps = [ctx.Process(target=_small_proc, args=(list(range(k, count, procs)), threads, cfg, payloads, barrier, outq))
           for k in range(procs)]
     for p in ps:
@@ -364,12 +435,13 @@ def small_put(t, rel, count, size, conc, procs):
     for p in ps:
         p.join()
     cpu = cpu_seconds(pids) - cpu0
+    others_cpu = others.cpu_s()
     wall = max(r[1] for r in allres) - min(r[0] for r in allres)
     lat = sorted(x for r in allres for x in r[2])
     errors = sum(r[3] for r in allres)
     first = next((r[4] for r in allres if r[4]), None)
     return dict(files_per_s=count / wall, wall_s=wall, p50_ms=pct(lat, 50) * 1e3, p99_ms=pct(lat, 99) * 1e3,
-                errors=errors, first_error=first, server_cpu_s=cpu)
+                errors=errors, first_error=first, server_cpu_s=cpu, others_cpu_s=others_cpu)
 
 
 def pct(vals, p):
@@ -468,6 +540,9 @@ def main():
     verified = None
     for r in range(a.rounds):
         log("round %d/%d" % (r + 1, a.rounds))
+        all_pids = [p for t in targets for p in server_pids(t)]
+        waited, share = wait_quiet(all_pids, "round %d" % (r + 1), log)
+        rec("quiet_wait_s", "all", waited)
         src = os.path.join(a.src_dir, "large-r%d.bin" % r)
         t0 = time.perf_counter()
         sha1 = gen_random(src, nbytes)
@@ -478,7 +553,9 @@ def main():
         for t in order:
             os.sync()
             resp = os.path.join(a.work_dir, "resp.json")
+            w0 = disk_written(a.work_dir)
             m = curl_transfer(t, "big/r%d-%s.bin" % (r, t["name"]), put_src=src, resp_file=resp)
+            rec("large_put_disk_mib", t["name"], mib_delta(w0, disk_written(a.work_dir)))
             if m["code"] not in (200, 201, 204) or m["bytes"] != nbytes:
                 problem("%s large PUT round %d -> HTTP %d, %d of %d bytes sent; response %s"
                         % (t["name"], r + 1, m["code"], m["bytes"], nbytes, open(resp).read()[:300]))
@@ -499,16 +576,19 @@ def main():
             else:
                 rec("large_put_rss_peak_mib", t["name"], m["rss_peak_mib"])
             rec("large_put_MBps", t["name"], m["MBps"])
+            rec("large_put_others_cpu_s", t["name"], m["others_cpu_s"])
             rec("large_put_s", t["name"], m["secs"])
             rec("large_put_cpu_s", t["name"], m["cpu_s"])
-            log("  PUT  %-16s %7.1f MB/s  %.2fs  HTTP %d  rss peak %.1f MiB  server cpu %.2fs"
-                % (t["name"], m["MBps"], m["secs"], m["code"], m["rss_peak_mib"], m["cpu_s"]))
+            log("  PUT  %-16s %7.1f MB/s  %.2fs  HTTP %d  rss peak %.1f MiB  server cpu %.2fs  cpu of others %.2fs"
+                % (t["name"], m["MBps"], m["secs"], m["code"], m["rss_peak_mib"], m["cpu_s"], m["others_cpu_s"]))
 
         # 4. re-upload of the same bytes to a new name: dedup hit
         os.sync()
         before = store_stat(fs["data_dir"])
         resp = os.path.join(a.work_dir, "resp.json")
+        w0 = disk_written(a.work_dir)
         m = curl_transfer(fs, "big/r%d-dup.bin" % r, put_src=src, resp_file=resp)
+        rec("dedup_put_disk_mib", fs["name"], mib_delta(w0, disk_written(a.work_dir)))
         after = store_stat(fs["data_dir"])
         try:
             got = json.load(open(resp)).get("sha1")
@@ -526,9 +606,9 @@ def main():
         rec("dedup_put_MBps", fs["name"], m["MBps"])
         rec("dedup_put_rss_peak_mib", fs["name"], m["rss_peak_mib"])
         rec("dedup_put_cpu_s", fs["name"], m["cpu_s"])
-        log("  DEDUP %-15s %7.1f MB/s  %.2fs  HTTP %d  objects %d files %d B -> %d files %d B"
+        log("  DEDUP %-15s %7.1f MB/s  %.2fs  HTTP %d  objects %d files %d B -> %d files %d B  disk written %s MiB"
             % (fs["name"], m["MBps"], m["secs"], m["code"], before["objects_files"], before["objects_bytes"],
-               after["objects_files"], after["objects_bytes"]))
+               after["objects_files"], after["objects_bytes"], fmt(R["dedup_put_disk_mib"][fs["name"]][-1], 0)))
 
         # 2. large GET
         for t in order:
@@ -537,10 +617,11 @@ def main():
                 problem("%s large GET round %d -> HTTP %d, %d of %d bytes" % (t["name"], r + 1, m["code"],
                                                                              m["bytes"], nbytes))
             rec("large_get_MBps", t["name"], m["MBps"])
+            rec("large_get_others_cpu_s", t["name"], m["others_cpu_s"])
             rec("large_get_rss_peak_mib", t["name"], m["rss_peak_mib"])
             rec("large_get_cpu_s", t["name"], m["cpu_s"])
-            log("  GET  %-16s %7.1f MB/s  %.2fs  HTTP %d  rss peak %.1f MiB  server cpu %.2fs"
-                % (t["name"], m["MBps"], m["secs"], m["code"], m["rss_peak_mib"], m["cpu_s"]))
+            log("  GET  %-16s %7.1f MB/s  %.2fs  HTTP %d  rss peak %.1f MiB  server cpu %.2fs  cpu of others %.2fs"
+                % (t["name"], m["MBps"], m["secs"], m["code"], m["rss_peak_mib"], m["cpu_s"], m["others_cpu_s"]))
         if r == 0:
             verified = verify_get(fs, "big/r0-dup.bin", sha1) and verify_get(fs, "big/r0-%s.bin" % fs["name"], sha1)
             if not verified:
@@ -563,11 +644,13 @@ def main():
                 problem("%s small PUT round %d: %d errors (first: %s); %d of %d new files stored"
                         % (t["name"], r + 1, m["errors"], m["first_error"], stored, a.small_count))
             rec("small_put_fps", t["name"], m["files_per_s"])
+            rec("small_put_others_cpu_s", t["name"], m["others_cpu_s"])
             rec("small_put_p50_ms", t["name"], m["p50_ms"])
             rec("small_put_p99_ms", t["name"], m["p99_ms"])
             rec("small_put_cpu_ms_per_file", t["name"], m["server_cpu_s"] / a.small_count * 1e3)
-            log("  SMALL %-15s %7.0f files/s  p50 %.1f ms  p99 %.1f ms  errors %d  server cpu %.2fs"
-                % (t["name"], m["files_per_s"], m["p50_ms"], m["p99_ms"], m["errors"], m["server_cpu_s"]))
+            log("  SMALL %-15s %7.0f files/s  p50 %.1f ms  p99 %.1f ms  errors %d  server cpu %.2fs  cpu of others %.2fs"
+                % (t["name"], m["files_per_s"], m["p50_ms"], m["p99_ms"], m["errors"], m["server_cpu_s"],
+                   m["others_cpu_s"]))
             if use_wrk:
                 wrel = "wrk-r%d" % r
                 make_dir(t, wrel)
@@ -635,6 +718,9 @@ def render(a, targets, R, pc_mbps, sync_mbps, dedup_checks, verified, hwm, elaps
         fmt(m("large_put_cpu_s", ng), 2), fmt(m("large_get_cpu_s", ng), 2)))
     L.append("| %s re-PUT of stored content (dedup hit), s | %s%s (%s MB/s) | | | |" % (
         big, fmt(m("dedup_put_s", fs), 2), spread(vals("dedup_put_s", fs), 2), fmt(m("dedup_put_MBps", fs))))
+    L.append("| bytes written to the data disk during the %s PUT / the dedup re-PUT, MiB (/proc/diskstats) | "
+             "%s / %s | | %s | |" % (big, fmt(m("large_put_disk_mib", fs), 0), fmt(m("dedup_put_disk_mib", fs), 0),
+                                     fmt(m("large_put_disk_mib", ng), 0)))
     L.append("| 4 KiB PUT, %d clients, %d files, python client, files/s | %s%s | %s%s | %s%s | %s / %s |" % (
         a.concurrency, a.small_count,
         fmt(m("small_put_fps", fs), 0), spread(vals("small_put_fps", fs), 0),
@@ -683,16 +769,18 @@ def render(a, targets, R, pc_mbps, sync_mbps, dedup_checks, verified, hwm, elaps
 
     L.append("## Per round")
     L.append("")
-    metrics = ["large_put_MBps", "large_get_MBps", "large_put_rss_peak_mib", "dedup_put_s", "small_put_fps"]
+    metrics = ["quiet_wait_s", "large_put_MBps", "large_put_others_cpu_s", "large_get_MBps", "large_put_rss_peak_mib", "dedup_put_s",
+               "large_put_disk_mib", "dedup_put_disk_mib", "small_put_fps", "small_put_others_cpu_s"]
     if use_wrk:
         metrics.append("wrk_put_fps")
     L.append("| metric | server | " + " | ".join("r%d" % (i + 1) for i in range(a.rounds)) + " |")
     L.append("|---|---|" + "---|" * a.rounds)
     for metric in metrics:
-        for tname in names:
+        for tname in names + ["all"]:
             xs = vals(metric, tname)
             if xs:
-                L.append("| %s | %s | %s |" % (metric, tname, " | ".join(fmt(x, 2 if x < 100 else 0) for x in xs)))
+                L.append("| %s | %s | %s |" % (metric, tname, " | ".join(
+                    fmt(x, 2 if x is not None and x < 100 else 0) for x in xs)))
     L.append("")
 
     L.append("## How it was measured")
@@ -709,9 +797,10 @@ def render(a, targets, R, pc_mbps, sync_mbps, dedup_checks, verified, hwm, elaps
     L.append("- filestore hashes (SHA-1 + SHA-256) and fsyncs every upload before answering; nginx only "
              "writes into the page cache (no fsync), so the PUT ratio includes the cost of durability; "
              "compare with the disk reference above.")
-    L.append("- Dedup re-PUT: the same file again, new name, right after the fresh PUT: the server still "
-             "receives and hashes all bytes, then drops its temp copy; objects counted by distinct inode "
-             "under staging/objects.")
+    L.append("- Dedup re-PUT: the same file again, new name, right after the fresh PUT (and a `sync`): the "
+             "server still receives and hashes all bytes, then drops its temp copy; objects counted by distinct "
+             "inode under staging/objects. Disk bytes written are the device's sectors-written counter over the "
+             "request (anything else writing to that disk at the time counts too).")
     L.append("- 4 KiB PUTs: %d files per server per round, fresh os.urandom content each, %d keep-alive "
              "clients (%d processes × %d threads, python http.client) started on a barrier; files/s = "
              "count / wall time. The python client shares the %s CPUs with the server, so at high rates it "
@@ -720,11 +809,16 @@ def render(a, targets, R, pc_mbps, sync_mbps, dedup_checks, verified, hwm, elaps
                  a.small_count, a.concurrency, a.procs, a.concurrency // max(1, a.procs), info.get("cpus", "?"),
                  "; wrk (C, 2 threads, Lua-generated random bodies to unique names, %d s) is the lighter "
                  "cross-check" % a.wrk_seconds if use_wrk else ""))
+    L.append("- Before each round the script waits (up to %.0f s, `BENCH_QUIET_WAIT`) for a 1 s window in which "
+             "other processes use < %.2f CPU (`quiet_wait_s` in the per-round table)." % (QUIET_WAIT_S, QUIET_CPU))
+    L.append("- `*_others_cpu_s` (per-round table): CPU seconds spent during that measurement by everything "
+             "except the servers under test, this script and its children (other jobs on the shared machine, "
+             "kernel writeback threads), from /proc/stat: the noise indicator of a round.")
     L.append("")
     L.append("## Run")
     L.append("")
     for k in ("command", "commit", "binary", "cpu", "cpus", "mem", "kernel", "work_fs", "nginx_version",
-              "mariadb_version"):
+              "mariadb_version", "load"):
         if k in info:
             L.append("- %s: `%s`" % (k, info[k]))
     L.append("- python: `%s`, total measuring time %.0f s" % (platform.python_version(), elapsed))

@@ -9,13 +9,16 @@
 #
 # usage: bench/core.sh [--rounds N] [--quick] [--no-build] [--no-mariadb] [--no-wrk]
 #   --quick       64 MiB instead of 1 GiB, 500 small files, 1 round, 2 s wrk (a smoke test)
-#   --no-build    use the existing binary (default: `cargo build --release` first, a no-op when fresh)
+#   --no-build    use the existing binary (default: `cargo build --release -p filestore` first, a no-op when fresh)
 # env: FILESTORE_BIN         binary to measure (implies --no-build)
 #      CARGO_TARGET_DIR      where cargo builds (default <repo>/target)
 #      BENCH_PORT_BASE       first of the 3 loopback ports used (default 38110: 38110-38112)
 #      BENCH_MYSQL           MariaDB server URL without database (default mysql://root@127.0.0.1:3306)
 #      BENCH_TMPDIR          where the data dirs go (default $TMPDIR or /tmp; must be a real disk)
 #      BENCH_LARGE_MIB, BENCH_SMALL_COUNT, BENCH_CONCURRENCY, BENCH_WRK_SECONDS, BENCH_ROUNDS
+#      BENCH_CORE_OUT        report file (default bench/results/core-<date>.md)
+#      BENCH_BINARY_NOTE     how the report describes the binary (bench/run-all.sh sets it)
+#      BENCH_COMMIT_NOTE     what the report says was built (bench/run-all.sh --commit sets it)
 # Needs root only to install missing Debian packages (nginx-extras, wrk, curl, openssl,
 # mariadb-client); nginx runs from its own prefix and pid file in a temp dir, never the system service.
 set -euo pipefail
@@ -84,11 +87,14 @@ MYSQL_CLI=$(command -v mariadb || command -v mysql || true)
 if [ -z "${FILESTORE_BIN:-}" ]; then
   FILESTORE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/filestore
   if [ $BUILD = 1 ]; then
-    log "cargo build --release"
-    (cd "$REPO" && cargo build --release --quiet) || die "build failed"
+    log "cargo build --release -p filestore"
+    (cd "$REPO" && cargo build --release --quiet -p filestore) || die "build failed"
   fi
 fi
 [ -x "$FILESTORE_BIN" ] || die "no binary at $FILESTORE_BIN (build with cargo build --release)"
+# filestore refuses unknown FILESTORE_* variables, FILESTORE_BIN included: keep it out of the
+# environment of the processes started below.
+export -n FILESTORE_BIN
 
 # Nothing from the caller's environment may reconfigure the servers under test.
 for v in $(compgen -e | grep '^FILESTORE_' | grep -v '^FILESTORE_BIN$' || true); do unset "$v"; done
@@ -260,12 +266,16 @@ t.append(dict(name="nginx", kind="nginx", host="127.0.0.1", port=$PORT_NGX, pid=
 json.dump(t, open(sys.argv[1], "w"), indent=1)
 PY
 
-commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
-[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (+uncommitted changes)"
+if [ -n "${BENCH_COMMIT_NOTE:-}" ]; then
+  commit=$BENCH_COMMIT_NOTE
+else
+  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
+  [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (+uncommitted changes)"
+fi
 INFO=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
   command "$COMMAND" \
   commit "$commit" \
-  binary "$FILESTORE_BIN (built $(date -r "$FILESTORE_BIN" '+%Y-%m-%d %H:%M')$([ $BUILD = 1 ] || echo '; not rebuilt by this run, may predate the commit above'))" \
+  binary "${BENCH_BINARY_NOTE:-$FILESTORE_BIN (built $(date -r "$FILESTORE_BIN" '+%Y-%m-%d %H:%M')$([ $BUILD = 1 ] || echo '; not rebuilt by this run, may predate the commit above'))}" \
   cpu "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)" \
   cpus "$(nproc)" \
   mem "$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
@@ -273,10 +283,11 @@ INFO=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sy
   work_fs "$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1}')" \
   nginx_version "$("$NGINX" -v 2>&1 | sed 's/.*version: //')" \
   mariadb_version "$([ -n "${PID_FSM:-}" ] && "$MYSQL_CLI" "${MYSQL_ARGS[@]}" -N -e 'SELECT VERSION()' 2>/dev/null || echo '-')" \
-  mariadb_skipped "$MARIADB_NOTE")
+  mariadb_skipped "$MARIADB_NOTE" \
+  load "$(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average at the start)")
 
 mkdir -p "$HERE/results"
-OUT=$HERE/results/core-$(date +%Y-%m-%d-%H%M).md
+OUT=${BENCH_CORE_OUT:-$HERE/results/core-$(date +%Y-%m-%d-%H%M).md}
 rc=0
 python3 "$HERE/core.py" --targets "$WORK/targets.json" --src-dir "$SRC" --work-dir "$WORK" --out "$OUT" \
   --rounds "$ROUNDS" --large-mib "$LARGE_MIB" --small-count "$SMALL_COUNT" --concurrency "$CONC" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs and starts what the tests
-# need (MariaDB, Redis, curl, litmus, davfs2, rclone), then runs formatting, lint and every test tier against the real
+# need (MariaDB, Redis, RabbitMQ, Ceph RGW, fuse3, curl, litmus, davfs2, rclone), then runs formatting, lint and every test tier against the real
 # services. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,9 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v litmus >/dev/null || need_pkgs+=(litmus)
 command -v mount.davfs >/dev/null || need_pkgs+=(davfs2)
 command -v rclone >/dev/null || need_pkgs+=(rclone)
+command -v rabbitmq-server >/dev/null || need_pkgs+=(rabbitmq-server)
+command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
+[ -e /usr/include/sys/acl.h ] || need_pkgs+=(libacl1-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     as_root apt-get update -qq
@@ -59,6 +62,22 @@ redis-cli -h 127.0.0.1 ping >/dev/null || { echo "Redis is not reachable on 127.
 redis-cli -h 127.0.0.1 --scan --pattern 'fstest:*' | xargs -r -n 500 redis-cli -h 127.0.0.1 del >/dev/null
 export FILESTORE_TEST_REDIS_URL="${FILESTORE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
+# RabbitMQ on 127.0.0.1:5672 (guest/guest). Tests declare exchanges and queues of their own.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    log "starting RabbitMQ"
+    as_root rabbitmq-server -detached
+    for _ in $(seq 1 120); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 0.5; done
+fi
+(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { echo "RabbitMQ is not reachable on 127.0.0.1:5672" >&2; exit 1; }
+export FILESTORE_TEST_AMQP_URL="${FILESTORE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+# A real S3 server: a single-node Ceph RGW on loopback (tests start it on first use).
+scripts/ceph-rgw.sh install
+
+# FUSE conformance tools (built once into ~/.cargo/bin).
+command -v pjdfstest >/dev/null || cargo install --locked pjdfstest@0.2.2
+command -v fsx >/dev/null || cargo install --locked fsx@0.3.2
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -67,6 +86,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 log "cargo test (SQLite and MariaDB)"
 cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}"
+
+log "pjdfstest and fsx against the FUSE adapter (in-memory tree)"
+mount/scripts/pjdfstest.sh
+mount/scripts/fsx.sh 5000
 
 log "systemd units"
 scripts/check-units.sh

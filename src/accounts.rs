@@ -182,7 +182,18 @@ pub fn validate_username(name: &str) -> Result<(), AuthError> {
     }
 }
 
+/// Password hashes computed at once: each takes 19 MiB and a core for tens of
+/// milliseconds, so a burst of sign-ins queues here instead of exhausting memory and CPU.
+fn argon2_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+}
+
 async fn hash_password(password: String) -> Result<String, AuthError> {
+    let _slot = argon2_slots()
+        .acquire()
+        .await
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -195,6 +206,10 @@ async fn hash_password(password: String) -> Result<String, AuthError> {
 }
 
 async fn verify_password(password: String, hash: String) -> Result<bool, AuthError> {
+    let _slot = argon2_slots()
+        .acquire()
+        .await
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash).map_err(|e| AuthError::Hash(e.to_string()))?;
         Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())

@@ -100,9 +100,27 @@ enum Cmd {
         #[arg(short, long)]
         recursive: bool,
     },
+    /// Transfer content to object storage: run a worker (RabbitMQ), or inspect the queue.
+    Transfer {
+        #[command(subcommand)]
+        cmd: Option<TransferCmd>,
+    },
     /// Run one housekeeping pass now: delete unreferenced content whose grace period is
     /// over, remove what crashes left in the staging area, purge expired tokens.
     Gc,
+    /// Mount a user's tree (FUSE) in the foreground: `--server URL` over the HTTP API, or
+    /// `-c CONFIG --user NAME` directly on a server. SIGINT/SIGTERM unmount.
+    Mount(crate::cli_mount::MountArgs),
+}
+
+#[derive(Subcommand)]
+enum TransferCmd {
+    /// Consume transfer jobs until SIGTERM (the default).
+    Run,
+    /// Jobs by state, dead letters, and queue depths.
+    Status,
+    /// Requeue dead-lettered jobs (all of them, or those of the given SHA-1s).
+    Retry { sha1: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -281,18 +299,12 @@ async fn run(cli: Cli) -> Result<()> {
             logged_in()?.remove(remote, *recursive).await?;
             Ok(())
         }
+        Cmd::Transfer { cmd } => transfer(load_config(&cli, None)?, cmd.as_ref().unwrap_or(&TransferCmd::Run)).await,
+        Cmd::Mount(args) => crate::cli_mount::run(args, cli.config.as_deref(), cli.data_dir.as_deref()).await,
         Cmd::Gc => {
             let cfg = load_config(&cli, None)?;
             let s = Services::open(&cfg).await?;
-            let secs = std::time::Duration::from_secs;
-            let p = filestore::gc::run_once(
-                &s.meta,
-                &s.staging,
-                &s.uploads,
-                secs(cfg.storage.gc_grace_secs),
-                secs(cfg.storage.stale_after_secs),
-            )
-            .await?;
+            let p = s.housekeeping(&cfg).run_once().await?;
             println!(
                 "collected {} contents, removed {} temp files, {} orphaned objects and {} abandoned chunked uploads, purged {} tokens",
                 p.collected, p.temp_files, p.orphans, p.upload_parts, p.tokens
@@ -300,6 +312,59 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn transfer(cfg: Config, cmd: &TransferCmd) -> Result<()> {
+    let s = Services::open(&cfg).await?;
+    let t = s
+        .transfers
+        .clone()
+        .context("no object storage configured ([s3] endpoint): nothing to transfer")?;
+    match cmd {
+        TransferCmd::Run => {
+            if cfg.queue.amqp_url.is_empty() {
+                bail!("no RabbitMQ configured ([queue] amqp_url): `filestore serve` transfers in-process");
+            }
+            // S3 being down is not a reason to stop: jobs fail, retry and dead-letter.
+            if let Err(e) = t.s3.ensure_bucket().await {
+                tracing::warn!(error = %e, "object storage unreachable; transfers will retry");
+            }
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let worker = tokio::spawn(filestore::transfer::amqp::work(t, rx));
+            println!("filestore: transfer worker running");
+            shutdown_signal().await;
+            let _ = stop.send(true);
+            let _ = worker.await;
+        }
+        TransferCmd::Status => {
+            for (state, n) in s.meta.job_counts().await? {
+                println!("{state:>10} {n}");
+            }
+            if !cfg.queue.amqp_url.is_empty() {
+                match filestore::transfer::amqp::queue_depths(&cfg.queue).await {
+                    Ok((q, dlq)) => println!(
+                        "queue {}: {q} messages; dead-letter queue {}: {dlq}",
+                        cfg.queue.queue, cfg.queue.dead_letter_queue
+                    ),
+                    Err(e) => println!("queue: {e}"),
+                }
+            }
+            for j in s.meta.jobs_in(filestore::meta::job_state::DEAD, 100).await? {
+                println!(
+                    "dead {} attempts={} error={}",
+                    j.sha1,
+                    j.attempts,
+                    j.last_error.unwrap_or_default()
+                );
+            }
+        }
+        TransferCmd::Retry { sha1 } => {
+            let n = s.meta.jobs_retry(sha1).await?;
+            println!("requeued {n} jobs");
+        }
+    }
+    s.meta.close().await;
+    Ok(())
 }
 
 async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()> {

@@ -7,17 +7,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Variables with the `FILESTORE_` prefix that are not config overrides.
-const NON_CONFIG_VARS: &[&str] = &[
-    "FILESTORE_CONFIG",
-    "FILESTORE_LOG",
-    "FILESTORE_LISTEN",
-    "FILESTORE_DATA_DIR",
-    "FILESTORE_CONFIG_DIR",
-    "FILESTORE_FAILPOINTS",
-    "FILESTORE_SERVER",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
@@ -399,7 +388,9 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
     let Some(rest) = var.strip_prefix("FILESTORE_") else {
         return Ok(());
     };
-    if NON_CONFIG_VARS.contains(&var) || rest.starts_with("TEST_") {
+    // Only SECTION__KEY variables override the file; other FILESTORE_* variables belong to
+    // the command line (FILESTORE_DATA_DIR...), the client, tests or deployment scripts.
+    if !rest.contains("__") || rest.starts_with("TEST_") {
         return Ok(());
     }
     let err = |message: String| ConfigError::Env {
@@ -466,7 +457,7 @@ mod tests {
         assert!(!c.auth.signup);
         assert_eq!(c.auth.token_ttl_secs, 60);
         assert!(
-            !format!("{:?}", c).contains("secret"),
+            !format!("{:?}", c).contains("u:secret@"),
             "Debug must not print the database password"
         );
     }

@@ -374,7 +374,9 @@ async fn authenticate(
     let Some(b64) = text.strip_prefix("Basic ") else {
         return Err(unauthorized("use Basic or Bearer authentication"));
     };
+    let m = crate::metrics::global();
     if let Some(id) = dav.credentials.get(raw) {
+        crate::metrics::add(&m.credential_cache_hits, 1);
         // Still enabled? One indexed lookup, far cheaper than argon2.
         if let Ok(Some(u)) = accounts.meta().user_by_id(id).await {
             if !u.disabled {
@@ -390,6 +392,7 @@ async fn authenticate(
     let (name, password) = decoded
         .split_once(':')
         .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
+    crate::metrics::add(&m.credential_cache_misses, 1);
     let user = accounts
         .check_credentials(name, password, ip)
         .await

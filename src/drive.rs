@@ -130,7 +130,12 @@ impl Drive {
             Some(c) => c.store != "local" || self.staging.objects().contains(&c.sha1),
             None => false,
         };
-        if !stored {
+        let m = crate::metrics::global();
+        crate::metrics::add(&m.bytes_in, staged.size);
+        if stored {
+            crate::metrics::add(&m.dedup_hits, 1);
+            crate::metrics::add(&m.dedup_bytes_saved, staged.size);
+        } else {
             staged.sync().await.map_err(BlobError::from)?;
         }
         let content = NewContent {
@@ -180,7 +185,9 @@ impl Drive {
             failpoint("upload.placed");
             Ok(())
         };
-        Ok(self.meta.commit_file(&req, &place).await?)
+        let entry = self.meta.commit_file(&req, &place).await?;
+        crate::metrics::add(&crate::metrics::global().uploads, 1);
+        Ok(entry)
     }
 
     /// A new entry for content the store already holds (instant upload). The caller has
@@ -210,7 +217,11 @@ impl Drive {
             }
             Ok(())
         };
-        Ok(self.meta.commit_file(&req, &present).await?)
+        let entry = self.meta.commit_file(&req, &present).await?;
+        let m = crate::metrics::global();
+        crate::metrics::add(&m.dedup_hits, 1);
+        crate::metrics::add(&m.dedup_bytes_saved, content.size.max(0) as u64);
+        Ok(entry)
     }
 
     pub async fn mkdir(&self, user: &User, parent: i64, name: &str) -> Result<Entry> {
@@ -278,6 +289,12 @@ impl Drive {
 
     /// Streams `len` bytes of a content from `offset`.
     pub async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<ByteStream> {
-        Ok(self.blobs.read(content, offset, len).await?)
+        let stream = self.blobs.read(content, offset, len).await?;
+        let m = crate::metrics::global();
+        Ok(Box::pin(futures_util::StreamExt::inspect(stream, move |r| {
+            if let Ok(b) = r {
+                crate::metrics::add(&m.bytes_out, b.len() as u64);
+            }
+        })))
     }
 }

@@ -4,12 +4,18 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::blob::s3::S3Store;
 use crate::blob::{staging::older_than, LocalStore, Staging};
 use crate::meta::{now_ms, MetaError, MetaStore};
 use crate::uploads::Uploads;
 
 /// Collects every content whose grace period is over. Returns how many were deleted.
-pub async fn collect_garbage(meta: &MetaStore, objects: &LocalStore, grace: Duration) -> Result<usize, MetaError> {
+pub async fn collect_garbage(
+    meta: &MetaStore,
+    objects: &LocalStore,
+    s3: Option<&S3Store>,
+    grace: Duration,
+) -> Result<usize, MetaError> {
     let cutoff = now_ms() - grace.as_millis() as i64;
     let mut collected = 0;
     loop {
@@ -19,14 +25,18 @@ pub async fn collect_garbage(meta: &MetaStore, objects: &LocalStore, grace: Dura
         }
         let mut progressed = false;
         for sha1 in batch {
-            let remove = |c: &crate::meta::Content| {
-                if c.store == "local" {
-                    objects.remove(&c.sha1)
-                } else {
-                    Ok(())
+            // Local bytes go inside the transaction, under the row lock (with the staging
+            // copy of content still in transfer); an object in S3 is deleted after the
+            // commit: a crash in between leaves an unreferenced object, never a row
+            // without its bytes.
+            let remove = |c: &crate::meta::Content| objects.remove(&c.sha1);
+            if let Some(c) = meta.gc_collect(&sha1, cutoff, &remove).await? {
+                if let (true, Some(s3)) = (c.store == "s3", s3) {
+                    let key = c.object_key.clone().unwrap_or_else(|| s3.key(&c.sha1));
+                    if let Err(e) = s3.delete(&key).await {
+                        tracing::warn!(key, error = %e, "could not delete a collected object");
+                    }
                 }
-            };
-            if meta.gc_collect(&sha1, cutoff, &remove).await? {
                 collected += 1;
                 progressed = true;
             }
@@ -93,60 +103,61 @@ pub struct Pass {
     pub upload_parts: usize,
 }
 
-/// One pass: collection, the staging sweep and the token purge (`filestore gc` runs this).
-pub async fn run_once(
-    meta: &MetaStore,
-    staging: &Staging,
-    uploads: &Uploads,
-    grace: Duration,
-    stale_after: Duration,
-) -> Result<Pass, MetaError> {
-    let collected = collect_garbage(meta, staging.objects(), grace).await?;
-    let (temp_files, orphans) = sweep_staging(meta, staging, stale_after).await?;
-    let tokens = meta.purge_expired_tokens(now_ms()).await?;
-    meta.session_purge_expired(now_ms()).await?;
-    // A session store that is down (Redis) only delays this part of the sweep.
-    let upload_parts = match uploads.sweep(stale_after).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot sweep chunked-upload data");
-            0
-        }
-    };
-    Ok(Pass {
-        collected,
-        temp_files,
-        orphans,
-        tokens,
-        upload_parts,
-    })
+/// What a housekeeping pass works on.
+pub struct Housekeeping {
+    pub meta: MetaStore,
+    pub staging: Staging,
+    pub uploads: std::sync::Arc<Uploads>,
+    pub s3: Option<std::sync::Arc<S3Store>>,
+    /// How long unreferenced content is kept.
+    pub grace: Duration,
+    /// When untouched staging files count as left over by a crash.
+    pub stale_after: Duration,
 }
 
-/// Runs a pass every `interval` until `stop` fires. The first pass comes after one
-/// interval, so a server's start is not slowed by walking the whole staging tree.
-pub async fn run(
-    meta: MetaStore,
-    staging: Staging,
-    uploads: std::sync::Arc<Uploads>,
-    grace: Duration,
-    stale_after: Duration,
-    interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
-        }
-        match run_once(&meta, &staging, &uploads, grace, stale_after).await {
-            Ok(p) if p == Pass::default() => {}
-            Ok(p) => tracing::info!(
-                collected = p.collected,
-                temp_files = p.temp_files,
-                orphans = p.orphans,
-                "housekeeping"
-            ),
-            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+impl Housekeeping {
+    /// One pass: collection, the staging sweep and the purges (`filestore gc` runs this).
+    pub async fn run_once(&self) -> Result<Pass, MetaError> {
+        let collected = collect_garbage(&self.meta, self.staging.objects(), self.s3.as_deref(), self.grace).await?;
+        let (temp_files, orphans) = sweep_staging(&self.meta, &self.staging, self.stale_after).await?;
+        let tokens = self.meta.purge_expired_tokens(now_ms()).await?;
+        self.meta.session_purge_expired(now_ms()).await?;
+        // A session store that is down (Redis) only delays this part of the sweep.
+        let upload_parts = match self.uploads.sweep(self.stale_after).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sweep chunked-upload data");
+                0
+            }
+        };
+        Ok(Pass {
+            collected,
+            temp_files,
+            orphans,
+            tokens,
+            upload_parts,
+        })
+    }
+
+    /// Runs a pass every `interval` until `stop` fires. The first pass comes after one
+    /// interval, so a server's start is not slowed by walking the whole staging tree.
+    pub async fn run(self, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            match self.run_once().await {
+                Ok(p) if p == Pass::default() => {}
+                Ok(p) => tracing::info!(
+                    collected = p.collected,
+                    temp_files = p.temp_files,
+                    orphans = p.orphans,
+                    upload_parts = p.upload_parts,
+                    "housekeeping"
+                ),
+                Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+            }
         }
     }
 }

@@ -74,12 +74,15 @@ pub struct Uploads {
     ttl_ms: i64,
 }
 
-/// How a session's target string encodes the destination.
+/// How a session's target string encodes the destination: `CONFLICT:PATH`, where PATH is
+/// `/a/b` (a path), `#PARENT/NAME` (a name in a directory given by id), empty (the seed
+/// names the file at completion), or `entry:#ID` (replace the file `ID` wherever it is).
 pub fn encode_target(conflict: crate::meta::Conflict, path: &str) -> String {
     let c = match conflict {
         crate::meta::Conflict::Fail => "fail",
         crate::meta::Conflict::Replace => "replace",
         crate::meta::Conflict::Rename => "rename",
+        crate::meta::Conflict::Entry(id) => return format!("entry:#{id}"),
     };
     format!("{c}:{path}")
 }
@@ -89,6 +92,7 @@ pub fn decode_target(t: &str) -> (crate::meta::Conflict, &str) {
     match t.split_once(':') {
         Some(("fail", p)) => (Conflict::Fail, p),
         Some(("replace", p)) => (Conflict::Replace, p),
+        Some(("entry", p)) => (Conflict::Entry(p.trim_start_matches('#').parse().unwrap_or(0)), p),
         Some((_, p)) => (Conflict::Rename, p),
         None => (Conflict::Rename, ""),
     }
@@ -272,6 +276,7 @@ impl Uploads {
         if want_hash.is_some() && digest != want_hash {
             return Err(UploadError::ChunkHash(index));
         }
+        crate::metrics::add(&crate::metrics::global().bytes_in, n);
         failpoint("uppart.written");
         if !self.sessions.record_part(id, index, self.ttl_ms).await? {
             return Err(UploadError::NoSession);

@@ -484,3 +484,47 @@ fn server_restart_during_upload() {
     run_ok(client(&cfg).args(["download", "/restart.bin", back.to_str().unwrap()]));
     assert!(std::fs::read(&back).unwrap() == data);
 }
+
+/// SIGTERM during an upload: the server stops accepting, lets the upload finish, and
+/// exits 0; the file is there after a restart.
+#[test]
+fn sigterm_lets_uploads_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("drive");
+    add_user(&data, "alice");
+    let mut server = serve(&data, "");
+    let token = signin(&server.base, "alice");
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    let body = vec![b'z'; 4_000_000];
+    let head = format!(
+        "PUT /api/v1/files/inflight HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).unwrap();
+    sock.write_all(&body[..1_000_000]).unwrap();
+    // The upload is in progress once its temp file exists.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while staging(&data).0.is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::yield_now();
+    }
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    sock.write_all(&body[1_000_000..]).unwrap();
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut sock, &mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit 0 after a graceful stop: {status:?}");
+    let server = serve(&data, "");
+    let token = signin(&server.base, "alice");
+    let (code, got) = curl(&[
+        "-sS",
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        &format!("{}/api/v1/files/inflight", server.base),
+    ]);
+    assert_eq!(code, 200);
+    assert!(got == body);
+}

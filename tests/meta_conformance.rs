@@ -294,12 +294,12 @@ async fn content_lifecycle(backend: Backend) {
     };
     put(&meta, u.id, root.id, "revived", &c).await.unwrap();
     assert!(
-        !meta.gc_collect(&c.sha1, far, &remove).await.unwrap(),
+        meta.gc_collect(&c.sha1, far, &remove).await.unwrap().is_none(),
         "revived content is kept"
     );
     let rv = meta.lookup(u.id, root.id, "revived").await.unwrap().unwrap();
     meta.delete(u.id, rv.id, false).await.unwrap();
-    assert!(meta.gc_collect(&c.sha1, far, &remove).await.unwrap());
+    assert!(meta.gc_collect(&c.sha1, far, &remove).await.unwrap().is_some());
     assert_eq!(removed.load(Ordering::SeqCst), 1);
     assert!(meta.content(&c.sha1).await.unwrap().is_none());
     // A failing removal keeps the row (the transaction rolls back).

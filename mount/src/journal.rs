@@ -197,7 +197,8 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// SHA-1 (lowercase hex) of a byte slice.
+/// SHA-1 (lowercase hex) of a byte slice (the in-memory port checks uploads with it).
+#[cfg(any(test, feature = "memory"))]
 pub(crate) fn sha1_bytes(data: &[u8]) -> String {
     hex(&Sha1::digest(data))
 }

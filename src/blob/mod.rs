@@ -6,6 +6,8 @@
 //! and then dropped: content is written once, and never rewritten in place.
 
 mod local;
+mod router;
+pub mod s3;
 pub(crate) mod staging;
 
 use std::pin::Pin;
@@ -14,6 +16,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use local::{is_sha1_hex, LocalStore};
+pub use router::StoreRouter;
+pub use s3::S3Store;
 pub use staging::{hash_file, StagedFile, Staging};
 
 use crate::meta::Content;
@@ -35,6 +39,15 @@ pub enum BlobError {
     Missing(String),
     #[error("content store I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The object store failed or refused (the message names the operation and key).
+    /// `transient`: trying again later may succeed (network, timeouts, 5xx, throttling, a
+    /// verification mismatch), so a transfer is retried; otherwise (denied, no such bucket,
+    /// bad request) it is dead-lettered. See `BlobError::is_transient`.
+    #[error("{message}")]
+    Remote { transient: bool, message: String },
+    /// The object store's configuration cannot work (no endpoint, no credentials...).
+    #[error("object storage configuration: {0}")]
+    Config(String),
 }
 
 /// Where reads of committed content come from. The local store serves content kept on the

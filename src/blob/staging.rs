@@ -173,13 +173,23 @@ type Hashed = std::io::Result<(String, String, u64)>;
 
 /// The writer thread: hashes and writes each chunk, then fsyncs.
 fn write_and_hash(mut file: std::fs::File, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Hashed {
+    // SHA-256 runs on a second thread: one thread doing both digests capped a single
+    // upload at about 700 MB/s here. Chunks are reference-counted, so handing one over
+    // copies nothing.
+    let (to_sha256, chunks) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE);
+    let sha256 = std::thread::spawn(move || {
+        let mut h = sha2::Sha256::new();
+        for chunk in chunks {
+            h.update(&chunk);
+        }
+        hex::encode(h.finalize())
+    });
     let mut sha1 = sha1::Sha1::new();
-    let mut sha256 = sha2::Sha256::new();
     let mut written = 0u64;
     let mut flushed = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
+        let _ = to_sha256.send(chunk.clone());
         sha1.update(&chunk);
-        sha256.update(&chunk);
         file.write_all(&chunk)?;
         written += chunk.len() as u64;
         if written - flushed >= WRITEBACK_EVERY {
@@ -190,7 +200,11 @@ fn write_and_hash(mut file: std::fs::File, mut rx: tokio::sync::mpsc::Receiver<B
     // No fsync here: if the content turns out to be stored already, these bytes are
     // dropped, and syncing them would only slow every dedup hit down to disk speed. The
     // copy that becomes the stored one is synced before it is linked (`LocalStore::place`).
-    Ok((hex::encode(sha1.finalize()), hex::encode(sha256.finalize()), written))
+    drop(to_sha256);
+    let sha256 = sha256
+        .join()
+        .map_err(|_| std::io::Error::other("hashing thread panicked"))?;
+    Ok((hex::encode(sha1.finalize()), sha256, written))
 }
 
 #[cfg(target_os = "linux")]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,14 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The API's error code (`not_found`, `already_exists`...), for an error answer.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
             _ => None,
         }
     }
@@ -73,6 +81,75 @@ impl RemoteEntry {
     }
 }
 
+/// An entry as the id-based routes (`/entries/{id}`) show it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RemoteNode {
+    pub id: i64,
+    /// `None` for the root.
+    pub parent: Option<i64>,
+    pub name: String,
+    pub kind: String,
+    pub size: i64,
+    pub sha1: Option<String>,
+    pub mode: i64,
+    pub mtime_ms: i64,
+    pub ctime_ms: i64,
+    /// For files: lets the caller keep reading this content through
+    /// [`Client::read_entry`] after the file is deleted or replaced.
+    #[serde(default)]
+    pub content_token: Option<String>,
+}
+
+impl RemoteNode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == "dir"
+    }
+}
+
+/// Where an upload goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadDest {
+    /// A path from the user's root (answers are [`RemoteEntry`]).
+    Path(String),
+    /// A name in a directory given by id (answers are [`RemoteNode`]).
+    Child { parent: i64, name: String },
+    /// The file with this id, whose content is replaced wherever it is now (answers are
+    /// [`RemoteNode`]).
+    Entry(i64),
+}
+
+impl UploadDest {
+    /// The destination fields of an upload or instant-upload body.
+    fn fields(&self) -> serde_json::Map<String, Value> {
+        let v = match self {
+            UploadDest::Path(p) => json!({ "path": p }),
+            UploadDest::Child { parent, name } => json!({ "parent": parent, "name": name }),
+            UploadDest::Entry(id) => json!({ "entry": id }),
+        };
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("an object literal"),
+        }
+    }
+}
+
+/// A change to an entry (`PATCH /entries/{id}`); `None` fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EntryPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `"no"` (a taken name is an error) or `"posix"` (rename(2) rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Milliseconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+}
+
 /// An upload session as the server shows it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RemoteUpload {
@@ -97,17 +174,23 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// `/a/b` with each segment percent-encoded, for a path in a URL.
 pub fn url_path(path: &str) -> String {
-    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
     path.split('/')
         .filter(|s| !s.is_empty())
         .map(|s| format!("/{}", percent_encoding::utf8_percent_encode(s, SEGMENT)))
         .collect()
+}
+
+/// One name, percent-encoded as one URL path segment.
+pub fn url_segment(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, SEGMENT).to_string()
 }
 
 impl Client {
@@ -249,8 +332,7 @@ impl Client {
         self.json(req).await
     }
 
-    /// Instant upload: `Ok(Ok(entry))` when linked, `Ok(Err(challenge))` when the server
-    /// wants a proof, `Ok(Err(None))`... expressed as the enum below.
+    /// Instant upload to a path (see [`Client::instant_to`]).
     pub async fn instant(
         &self,
         path: &str,
@@ -259,10 +341,32 @@ impl Client {
         overwrite: bool,
         proof: Option<(&str, &str)>,
     ) -> Result<Instant> {
-        let mut body = json!({"path": path, "sha1": sha1, "size": size, "overwrite": overwrite});
+        self.instant_to(&UploadDest::Path(path.to_string()), sha1, size, overwrite, None, proof)
+            .await
+    }
+
+    /// Instant upload: linked when the server has the content and the caller owns it or
+    /// answers the challenge (`proof` is `(nonce, answer)`), else a challenge or a refusal.
+    /// `T` is [`RemoteEntry`] for a path destination, [`RemoteNode`] for the others.
+    pub async fn instant_to<T: DeserializeOwned>(
+        &self,
+        dest: &UploadDest,
+        sha1: &str,
+        size: u64,
+        overwrite: bool,
+        mtime: Option<i64>,
+        proof: Option<(&str, &str)>,
+    ) -> Result<Instant<T>> {
+        let mut body = dest.fields();
+        body.insert("sha1".into(), json!(sha1));
+        body.insert("size".into(), json!(size));
+        body.insert("overwrite".into(), json!(overwrite));
+        if let Some(m) = mtime {
+            body.insert("mtime".into(), json!(m));
+        }
         if let Some((nonce, answer)) = proof {
-            body["nonce"] = json!(nonce);
-            body["proof"] = json!(answer);
+            body.insert("nonce".into(), json!(nonce));
+            body.insert("proof".into(), json!(answer));
         }
         let v: Value = self.json(self.request(Method::POST, "/instant").json(&body)).await?;
         if v["linked"].as_bool() == Some(true) {
@@ -278,7 +382,22 @@ impl Client {
     }
 
     pub async fn upload_init(&self, path: &str, sha1: &str, size: u64, overwrite: bool) -> Result<RemoteUpload> {
-        let body = json!({"path": path, "sha1": sha1, "size": size, "overwrite": overwrite});
+        self.upload_init_to(&UploadDest::Path(path.to_string()), sha1, size, overwrite)
+            .await
+    }
+
+    /// Starts (or resumes) a chunked upload to `dest`.
+    pub async fn upload_init_to(
+        &self,
+        dest: &UploadDest,
+        sha1: &str,
+        size: u64,
+        overwrite: bool,
+    ) -> Result<RemoteUpload> {
+        let mut body = dest.fields();
+        body.insert("sha1".into(), json!(sha1));
+        body.insert("size".into(), json!(size));
+        body.insert("overwrite".into(), json!(overwrite));
         self.json(self.request(Method::POST, "/uploads").json(&body)).await
     }
 
@@ -292,15 +411,176 @@ impl Client {
     }
 
     pub async fn upload_complete(&self, id: &str) -> Result<RemoteEntry> {
+        self.upload_complete_as(id).await
+    }
+
+    /// Completes an upload; `T` as for [`Client::instant_to`].
+    pub async fn upload_complete_as<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
         self.json(self.request(Method::POST, &format!("/uploads/{id}/complete")))
             .await
+    }
+
+    /// Streams a body to `dest` in one request: `PUT /files/{path}`,
+    /// `PUT /entries/{parent}/children/{name}/content` or `PUT /entries/{id}/content`.
+    /// `mode` applies to a file this creates, `mtime` (ms) is recorded; neither is sent for
+    /// a path destination (that route has no such parameters).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_to<T, S>(
+        &self,
+        dest: &UploadDest,
+        body: S,
+        len: u64,
+        overwrite: bool,
+        mode: Option<u32>,
+        mtime: Option<i64>,
+    ) -> Result<T>
+    where
+        T: DeserializeOwned,
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        let path = match dest {
+            UploadDest::Path(p) => {
+                q.push(("overwrite", overwrite.to_string()));
+                format!("/files{}", url_path(p))
+            }
+            UploadDest::Child { parent, name } => {
+                q.push(("overwrite", overwrite.to_string()));
+                if let Some(m) = mode {
+                    q.push(("mode", m.to_string()));
+                }
+                if let Some(m) = mtime {
+                    q.push(("mtime", m.to_string()));
+                }
+                format!("/entries/{parent}/children/{}/content", url_segment(name))
+            }
+            UploadDest::Entry(id) => {
+                if let Some(m) = mtime {
+                    q.push(("mtime", m.to_string()));
+                }
+                format!("/entries/{id}/content")
+            }
+        };
+        let req = self
+            .request(Method::PUT, &path)
+            .query(&q)
+            .header("content-length", len)
+            .body(reqwest::Body::wrap_stream(body));
+        self.json(req).await
+    }
+
+    /// `GET /me`: the user and their usage (`usage.bytes`, `usage.stored_bytes`).
+    pub async fn me(&self) -> Result<Value> {
+        self.json(self.request(Method::GET, "/me")).await
+    }
+
+    /// The entry `id`.
+    pub async fn entry(&self, id: i64) -> Result<RemoteNode> {
+        self.json(self.request(Method::GET, &format!("/entries/{id}"))).await
+    }
+
+    /// The entry `name` in directory `parent`.
+    pub async fn lookup(&self, parent: i64, name: &str) -> Result<RemoteNode> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/entries/{parent}/children/{}", url_segment(name)),
+        ))
+        .await
+    }
+
+    /// Up to `limit` (1..=1000) children of `dir` after `after`, in byte order of names,
+    /// and the `after` of the next page (`None` on the last page).
+    pub async fn children(
+        &self,
+        dir: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RemoteNode>, Option<String>)> {
+        let req = self
+            .request(Method::GET, &format!("/entries/{dir}/children"))
+            .query(&[("limit", limit.to_string()), ("after", after.unwrap_or("").to_string())]);
+        let v: Value = self.json(req).await?;
+        let page: Vec<RemoteNode> =
+            serde_json::from_value(v["entries"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((page, v["next"].as_str().map(str::to_string)))
+    }
+
+    /// A new directory `name` in `parent`.
+    pub async fn mkdir_in(&self, parent: i64, name: &str, mode: Option<u32>) -> Result<RemoteNode> {
+        let mut body = json!({"name": name, "kind": "dir"});
+        if let Some(m) = mode {
+            body["mode"] = json!(m);
+        }
+        self.json(
+            self.request(Method::POST, &format!("/entries/{parent}/children"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Moves, renames and/or sets attributes of `id`.
+    pub async fn patch_entry(&self, id: i64, patch: &EntryPatch) -> Result<RemoteNode> {
+        self.json(self.request(Method::PATCH, &format!("/entries/{id}")).json(patch))
+            .await
+    }
+
+    /// Deletes `id` (a non-empty directory needs `recursive`).
+    pub async fn delete_entry(&self, id: i64, recursive: bool) -> Result<()> {
+        let req = self
+            .request(Method::DELETE, &format!("/entries/{id}"))
+            .query(&[("recursive", recursive)]);
+        self.send(req).await?;
+        Ok(())
+    }
+
+    /// Up to `len` bytes of file `id` from `offset`; empty at or past the end. With
+    /// `sha1`, only that content: the file's if it still holds it, else with `token` (the
+    /// `content_token` of an earlier answer) that content even if the file was deleted or
+    /// replaced meanwhile, else `ClientError::Api` 412 (or 404 for a deleted file).
+    pub async fn read_entry(
+        &self,
+        id: i64,
+        sha1: Option<&str>,
+        token: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let mut q = Vec::new();
+        if let Some(s) = sha1 {
+            q.push(("sha1", s));
+            if let Some(t) = token {
+                q.push(("token", t));
+            }
+        }
+        let req = self
+            .request(Method::GET, &format!("/entries/{id}/content"))
+            .query(&q)
+            .header("range", format!("bytes={offset}-{}", offset.saturating_add(len - 1)));
+        match self.send(req).await {
+            Ok(resp) => {
+                let full = resp.status() == StatusCode::OK;
+                let body = resp.bytes().await?;
+                if full {
+                    // A server that ignored the range: cut it here.
+                    let start = (offset as usize).min(body.len());
+                    let end = (offset.saturating_add(len) as usize).min(body.len());
+                    return Ok(body.slice(start..end));
+                }
+                Ok(body)
+            }
+            Err(ClientError::Api { status: 416, .. }) => Ok(Bytes::new()),
+            Err(e) => Err(e),
+        }
     }
 }
 
 /// What an instant-upload attempt gave.
 #[derive(Debug)]
-pub enum Instant {
-    Linked(RemoteEntry),
+pub enum Instant<T = RemoteEntry> {
+    Linked(T),
     Challenge(RemoteChallenge),
     Refused,
 }

@@ -14,11 +14,14 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
 use sha1::Digest;
 
-use super::api::{Client, ClientError, Instant, RemoteEntry, Result};
+use super::api::{Client, ClientError, Instant, RemoteEntry, Result, UploadDest};
 use super::progress::Progress;
 
 /// How long a transfer keeps retrying a server that does not answer (a restart, a
@@ -26,28 +29,74 @@ use super::progress::Progress;
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Runs `op` until it succeeds, fails for good, or transient failures last `RETRY_FOR`.
-pub async fn retry<T, F, Fut>(what: &str, progress: Option<&Progress>, mut op: F) -> Result<T>
+pub async fn retry<T, F, Fut>(what: &str, progress: Option<&Progress>, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(200);
-    let mut warned = false;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && started.elapsed() < RETRY_FOR => {
-                if !warned {
-                    if let Some(p) = progress {
-                        p.note(&format!("{what}: {e}; retrying"));
-                    }
-                    warned = true;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
+    let policy = Retry {
+        limit: RETRY_FOR,
+        progress: progress.cloned(),
+        ..Retry::default()
+    };
+    policy.run(what, op).await
+}
+
+/// How long transient failures (connection refused or broken, 5xx, 429) are retried,
+/// with exponential backoff from 200 ms to 5 s, and whether any happened.
+#[derive(Default)]
+pub struct Retry {
+    /// Give up (returning the last error) once failures have lasted this long.
+    pub limit: Duration,
+    /// Where to say that a retry is going on.
+    pub progress: Option<Progress>,
+    /// Set once any attempt failed transiently: a request may then have taken effect
+    /// without its answer arriving, so a "name taken" that follows can be our own doing.
+    pub saw_transient: AtomicBool,
+}
+
+impl Retry {
+    pub fn within(limit: Duration) -> Retry {
+        Retry {
+            limit,
+            ..Retry::default()
         }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or transient failures last `limit`.
+    pub async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        let mut warned = false;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() => {
+                    self.saw_transient.store(true, Ordering::Relaxed);
+                    if started.elapsed() >= self.limit {
+                        return Err(e);
+                    }
+                    if !warned {
+                        match &self.progress {
+                            Some(p) => p.note(&format!("{what}: {e}; retrying")),
+                            None => tracing::info!(error = %e, "{what}: retrying"),
+                        }
+                        warned = true;
+                    }
+                    let left = self.limit.saturating_sub(started.elapsed());
+                    tokio::time::sleep(delay.min(left.max(Duration::from_millis(10)))).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub fn saw_transient(&self) -> bool {
+        self.saw_transient.load(Ordering::Relaxed)
     }
 }
 
@@ -82,10 +131,11 @@ fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// How an upload went.
+/// How an upload went. `T` is [`RemoteEntry`] for a path destination, the id-based
+/// [`super::api::RemoteNode`] otherwise.
 #[derive(Debug)]
-pub struct Uploaded {
-    pub entry: RemoteEntry,
+pub struct Uploaded<T = RemoteEntry> {
+    pub entry: T,
     pub instant: bool,
     /// Chunks the server already had (a resumed upload).
     pub resumed_chunks: u64,
@@ -103,49 +153,172 @@ pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool
     let sha1 = sha1_file(local, Some(hashing.clone())).await?;
     hashing.finish("hashed");
     let progress = Progress::new(&label, size);
+    let policy = Retry {
+        limit: RETRY_FOR,
+        progress: Some(progress.clone()),
+        ..Retry::default()
+    };
+    let job = UploadJob {
+        local,
+        dest: UploadDest::Path(remote.to_string()),
+        sha1: &sha1,
+        size,
+        overwrite,
+        mtime: None,
+        mode: None,
+        parallel,
+        instant_min: 0,
+        single_put_below: 0,
+    };
+    let done = upload_to(client, &job, &policy).await?;
+    progress.set(size);
+    progress.finish(if done.instant {
+        "already on the server: linked without sending the bytes"
+    } else {
+        "uploaded"
+    });
+    Ok(done)
+}
 
-    let first = retry("instant upload", Some(&progress), || {
-        client.instant(remote, &sha1, size, overwrite, None)
-    })
-    .await?;
-    let linked = match first {
+/// An upload of a local file whose size and SHA-1 are known (not hashed again).
+#[derive(Debug, Clone)]
+pub struct UploadJob<'a> {
+    pub local: &'a Path,
+    pub dest: UploadDest,
+    /// Lowercase hex SHA-1 of `local`.
+    pub sha1: &'a str,
+    pub size: u64,
+    /// Replace an existing file at a path or child destination (an entry destination
+    /// always replaces).
+    pub overwrite: bool,
+    /// Modification time to record (ms), where the route takes one (instant uploads and
+    /// single PUTs to id destinations).
+    pub mtime: Option<i64>,
+    /// Mode of a file a single PUT to a child destination creates.
+    pub mode: Option<u32>,
+    /// Chunks in flight.
+    pub parallel: usize,
+    /// Files smaller than this skip the instant-upload attempt (its round trips cost more
+    /// than sending the bytes).
+    pub instant_min: u64,
+    /// Files smaller than this that the server does not have go in one PUT instead of a
+    /// chunked upload.
+    pub single_put_below: u64,
+}
+
+/// Reads the file for a request body, in 256 KiB pieces.
+fn file_body(
+    local: &Path,
+) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static> {
+    let f = std::fs::File::open(local)?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(f),
+        256 << 10,
+    ))
+}
+
+/// Instant upload of `job` if the server has the content (answering its challenge from
+/// the local bytes); `None` when the bytes must be sent.
+pub async fn try_instant<T: DeserializeOwned>(
+    client: &Client,
+    job: &UploadJob<'_>,
+    policy: &Retry,
+) -> Result<Option<T>> {
+    let first = policy
+        .run("instant upload", || {
+            client.instant_to::<T>(&job.dest, job.sha1, job.size, job.overwrite, job.mtime, None)
+        })
+        .await?;
+    Ok(match first {
         Instant::Linked(e) => Some(e),
         Instant::Challenge(c) => {
-            let range = read_range(local, c.offset, c.length)?;
+            let local = job.local.to_path_buf();
+            let (offset, length) = (c.offset, c.length);
+            let range = tokio::task::spawn_blocking(move || read_range(&local, offset, length))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
             let answer = crate::instant::answer(&c.nonce, &range);
-            match retry("instant upload", Some(&progress), || {
-                client.instant(remote, &sha1, size, overwrite, Some((&c.nonce, &answer)))
-            })
-            .await?
+            match policy
+                .run("instant upload", || {
+                    client.instant_to::<T>(
+                        &job.dest,
+                        job.sha1,
+                        job.size,
+                        job.overwrite,
+                        job.mtime,
+                        Some((&c.nonce, &answer)),
+                    )
+                })
+                .await?
             {
                 Instant::Linked(e) => Some(e),
                 _ => None,
             }
         }
         Instant::Refused => None,
-    };
-    if let Some(entry) = linked {
-        progress.set(size);
-        progress.finish("already on the server: linked without sending the bytes");
+    })
+}
+
+/// The whole upload: instant when the server has the content, else one PUT for a small
+/// file, else a resumable chunked upload with `job.parallel` chunks in flight. Transient
+/// failures are retried as `policy` says; a chunked upload resumes where it stopped.
+pub async fn upload_to<T: DeserializeOwned>(
+    client: &Client,
+    job: &UploadJob<'_>,
+    policy: &Retry,
+) -> Result<Uploaded<T>> {
+    if job.size >= job.instant_min {
+        if let Some(entry) = try_instant::<T>(client, job, policy).await? {
+            return Ok(Uploaded {
+                entry,
+                instant: true,
+                resumed_chunks: 0,
+            });
+        }
+    }
+    if job.size < job.single_put_below {
+        let entry = policy
+            .run("uploading", || async {
+                let body = file_body(job.local)?;
+                client
+                    .put_to::<T, _>(&job.dest, body, job.size, job.overwrite, job.mode, job.mtime)
+                    .await
+            })
+            .await?;
         return Ok(Uploaded {
             entry,
-            instant: true,
+            instant: false,
             resumed_chunks: 0,
         });
     }
-
-    let session = retry("starting the upload", Some(&progress), || {
-        client.upload_init(remote, &sha1, size, overwrite)
+    let (entry, resumed) = chunked::<T>(client, job, policy).await?;
+    Ok(Uploaded {
+        entry,
+        instant: false,
+        resumed_chunks: resumed,
     })
-    .await?;
+}
+
+/// A resumable chunked upload; returns the entry and how many chunks the server already
+/// had.
+pub async fn chunked<T: DeserializeOwned>(client: &Client, job: &UploadJob<'_>, policy: &Retry) -> Result<(T, u64)> {
+    let progress = policy.progress.as_ref();
+    let size = job.size;
+    let session = policy
+        .run("starting the upload", || {
+            client.upload_init_to(&job.dest, job.sha1, size, job.overwrite)
+        })
+        .await?;
     let chunk = session.chunk_size;
     let have: std::collections::HashSet<u64> = session.received.iter().copied().collect();
     let resumed = have.len() as u64;
     if resumed > 0 {
-        progress.note(&format!(
-            "resuming: the server has {resumed} of {} chunks",
-            session.chunk_count
-        ));
+        if let Some(p) = progress {
+            p.note(&format!(
+                "resuming: the server has {resumed} of {} chunks",
+                session.chunk_count
+            ));
+        }
     }
     let len_of = |i: u64| {
         if i < session.chunk_count {
@@ -154,12 +327,14 @@ pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool
             size - (session.chunk_count - 1) * chunk
         }
     };
-    progress.set(have.iter().map(|i| len_of(*i)).sum());
+    if let Some(p) = progress {
+        p.set(have.iter().map(|i| len_of(*i)).sum());
+    }
     let missing: Vec<u64> = (1..=session.chunk_count).filter(|i| !have.contains(i)).collect();
     let id = session.id.clone();
     futures_util::stream::iter(missing)
         .map(|index| {
-            let (client, progress, id, local) = (client.clone(), progress.clone(), id.clone(), local.to_path_buf());
+            let (id, local) = (id.clone(), job.local.to_path_buf());
             async move {
                 let offset = (index - 1) * chunk;
                 let len = len_of(index);
@@ -168,24 +343,24 @@ pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool
                     .map_err(|e| std::io::Error::other(e.to_string()))??;
                 let digest = hex::encode(sha1::Sha1::digest(&data));
                 let data = Bytes::from(data);
-                retry("sending a chunk", Some(&progress), || {
-                    client.upload_part(&id, index, data.clone(), &digest)
-                })
-                .await?;
-                progress.add(len);
+                policy
+                    .run("sending a chunk", || {
+                        client.upload_part(&id, index, data.clone(), &digest)
+                    })
+                    .await?;
+                if let Some(p) = progress {
+                    p.add(len);
+                }
                 Ok::<(), ClientError>(())
             }
         })
-        .buffer_unordered(parallel.max(1))
+        .buffer_unordered(job.parallel.max(1))
         .try_collect::<Vec<()>>()
         .await?;
-    let entry = retry("completing the upload", Some(&progress), || client.upload_complete(&id)).await?;
-    progress.finish("uploaded");
-    Ok(Uploaded {
-        entry,
-        instant: false,
-        resumed_chunks: resumed,
-    })
+    let entry = policy
+        .run("completing the upload", || client.upload_complete_as::<T>(&id))
+        .await?;
+    Ok((entry, resumed))
 }
 
 /// Downloads `remote` to `local`, resuming a previous attempt, and checks the SHA-1.

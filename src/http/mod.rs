@@ -3,11 +3,14 @@
 
 mod content;
 mod error;
+mod ops;
 mod seed;
 mod seed_upload;
 mod tickets;
 mod v1;
+mod v1_entries;
 mod v1_upload;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +19,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -41,6 +43,7 @@ pub struct AppState {
     pub uploads: Arc<crate::uploads::Uploads>,
     pub instant: Arc<crate::instant::Instant>,
     pub dav: Arc<crate::dav::DavService>,
+    pub transfers: Option<crate::transfer::Transfers>,
     pub config: Arc<Config>,
     pub tickets: TicketKey,
 }
@@ -55,10 +58,14 @@ impl AppState {
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
+        .merge(web::routes())
+        .merge(ops::routes())
         .merge(seed::routes())
         .merge(seed_upload::routes())
-        .nest("/api/v1", v1::routes().merge(v1_upload::routes()))
+        .nest(
+            "/api/v1",
+            v1::routes().merge(v1_upload::routes()).merge(v1_entries::routes()),
+        )
         // A wildcard does not match an empty rest, so the collection itself needs its routes.
         .route("/dav", dav_route())
         .route("/dav/", dav_route())
@@ -71,6 +78,7 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
+        .route_layer(axum::middleware::from_fn(ops::observe))
         .layer(TraceLayer::new_for_http())
         // A panic is a bug; the client still gets a JSON 500 and the process stays up.
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
@@ -78,14 +86,6 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
         }))
         .with_state(state)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><meta charset=utf-8><title>filestore</title>",
-        "<h1>filestore</h1><p>This server speaks the filestore JSON API ",
-        "(<a href=\"/api/v1/openapi.json\">OpenAPI</a>) and the seed API.</p>"
-    ))
 }
 
 fn dav_route() -> axum::routing::MethodRouter<AppState> {

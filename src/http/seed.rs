@@ -308,6 +308,20 @@ async fn download_url(State(st): State<AppState>, req: Request) -> Result<Respon
     let user = caller(&st, &parts, &p).await?;
     let e = by_hash(&st, &user, &p).await?;
     let sha1 = e.sha1.clone().unwrap_or_default();
+    // Content already in object storage can be fetched from it directly, if the operator
+    // allows: a short-lived presigned GET that saves the file under the user's name.
+    if let (true, Some(t)) = (st.config.s3.presign_downloads, &st.transfers) {
+        let c = st.drive.content_of(&e).await?;
+        if c.store == "s3" {
+            let key = c.object_key.clone().unwrap_or_else(|| t.s3.key(&c.sha1));
+            let ttl = std::time::Duration::from_secs(st.config.s3.presign_ttl_secs);
+            let url =
+                t.s3.presign_get(&key, ttl, &e.name)
+                    .await
+                    .map_err(crate::drive::DriveError::from)?;
+            return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], url).into_response());
+        }
+    }
     let ticket = st.tickets.issue(user.id, e.id, st.config.auth.download_link_ttl_secs);
     let base = if st.config.server.public_url.is_empty() {
         let host = parts

@@ -43,6 +43,35 @@ impl TicketKey {
         format!("{msg}.{tag}")
     }
 
+    /// `expiry.mac`: lets `user` keep reading content `sha1` for `ttl_secs` even after
+    /// the entry it was read through is gone (a FUSE mount reading a file that was
+    /// unlinked or replaced while open). It names content the user has seen, not an
+    /// entry, and is only accepted together with that user's bearer token.
+    pub fn issue_content(&self, user: i64, sha1: &str, ttl_secs: u64) -> String {
+        let expiry = now_ms() + ttl_secs as i64 * 1000;
+        let tag = hex::encode(
+            self.mac(&format!("content.{user}.{sha1}.{expiry}"))
+                .finalize()
+                .into_bytes(),
+        );
+        format!("{expiry}.{tag}")
+    }
+
+    /// Whether `token` is an authentic, unexpired [`TicketKey::issue_content`] for
+    /// `user` and `sha1`.
+    pub fn verify_content(&self, token: &str, user: i64, sha1: &str) -> bool {
+        let Some((expiry, tag)) = token.split_once('.') else {
+            return false;
+        };
+        let Ok(exp) = expiry.parse::<i64>() else { return false };
+        let Ok(tag) = hex::decode(tag) else { return false };
+        exp >= now_ms()
+            && self
+                .mac(&format!("content.{user}.{sha1}.{exp}"))
+                .verify_slice(&tag)
+                .is_ok()
+    }
+
     /// The grant of a well-formed, authentic, unexpired ticket.
     pub fn verify(&self, ticket: &str) -> Option<Grant> {
         let (msg, tag) = ticket.rsplit_once('.')?;
@@ -75,5 +104,12 @@ mod tests {
         assert_eq!(other.verify(&t), None);
         let expired = k.issue_until(3, 9, now_ms() - 1);
         assert_eq!(k.verify(&expired), None);
+        let c = k.issue_content(3, "abc", 60);
+        assert!(k.verify_content(&c, 3, "abc"));
+        assert!(!k.verify_content(&c, 4, "abc"));
+        assert!(!k.verify_content(&c, 3, "abd"));
+        assert!(!other.verify_content(&c, 3, "abc"));
+        assert_eq!(k.verify(&c), None, "a content token is not an entry ticket");
+        assert!(!k.verify_content(&t, 3, "abc"));
     }
 }

@@ -11,6 +11,7 @@
 //! that reads and then writes can fail with SQLITE_BUSY instead of waiting).
 
 mod error;
+mod outbox;
 mod props;
 mod sessions;
 mod store;
@@ -18,6 +19,7 @@ mod tree;
 mod types;
 
 pub use error::MetaError;
+pub use outbox::{state as job_state, Job, Moved};
 pub use props::{Prop, PropChange, MAX_PROPS, MAX_PROP_BYTES};
 pub use store::{redact_url as store_redact_url, Dialect, MetaStore};
 pub use types::{CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, NewContent, Overwrite, User};

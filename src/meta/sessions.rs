@@ -140,6 +140,14 @@ impl MetaStore {
         Ok(())
     }
 
+    pub async fn session_count(&self, now: i64) -> Result<u64, MetaError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM upload_sessions WHERE expires_at > ?")
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Deletes expired sessions; returns how many.
     pub async fn session_purge_expired(&self, now: i64) -> Result<u64, MetaError> {
         let _g = self.write_gate().await;

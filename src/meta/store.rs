@@ -61,6 +61,8 @@ pub struct MetaStore {
     /// SQLite has one writer at a time: write transactions queue here instead of failing
     /// with SQLITE_BUSY when a deferred transaction upgrades to a write.
     gate: Option<Arc<Mutex<()>>>,
+    /// Whether new content gets a transfer job (object storage is configured).
+    pub(super) outbox: bool,
 }
 
 /// Runs a transaction body again when the database reports a deadlock (MySQL does when two
@@ -129,7 +131,12 @@ impl MetaStore {
             .connect_with(options)
             .await?;
         let gate = (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(MetaStore { pool, dialect, gate })
+        Ok(MetaStore {
+            pool,
+            dialect,
+            gate,
+            outbox: false,
+        })
     }
 
     /// Applies pending migrations for this dialect.
@@ -140,6 +147,12 @@ impl MetaStore {
             Dialect::MySql => MYSQL_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// Makes every new content queue a transfer to object storage.
+    pub fn with_transfers(mut self, on: bool) -> Self {
+        self.outbox = on;
+        self
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -364,17 +377,27 @@ impl MetaStore {
     /// Deletes a content row if it is still unreferenced and expired, calling `remove`
     /// to delete its bytes while the row is locked. A concurrent upload of the same bytes
     /// waits for this transaction, then finds the row gone and stores its own copy.
-    /// Returns whether the content was collected.
-    pub async fn gc_collect(&self, sha1: &str, cutoff: i64, remove: &RemoveFn<'_>) -> Result<bool, MetaError> {
+    /// Returns the collected content's row.
+    pub async fn gc_collect(
+        &self,
+        sha1: &str,
+        cutoff: i64,
+        remove: &RemoveFn<'_>,
+    ) -> Result<Option<Content>, MetaError> {
         retry_txn!(self.try_gc_collect(sha1, cutoff, remove))
     }
 
-    async fn try_gc_collect(&self, sha1: &str, cutoff: i64, remove: &RemoveFn<'_>) -> Result<bool, MetaError> {
+    async fn try_gc_collect(
+        &self,
+        sha1: &str,
+        cutoff: i64,
+        remove: &RemoveFn<'_>,
+    ) -> Result<Option<Content>, MetaError> {
         let _g = self.write_gate().await;
         let mut tx = self.pool.begin().await?;
         let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
         let Some(content): Option<Content> = sqlx::query_as(sql).bind(sha1).fetch_optional(&mut *tx).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         // The DELETE is the write that takes the lock; its condition re-checks the state.
         let res = sqlx::query("DELETE FROM files WHERE sha1 = ? AND refcount = 0 AND zero_since <= ?")
@@ -383,11 +406,11 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?;
         if res.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         remove(&content)?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(content))
     }
 
     /// Whether a content row exists (for the orphan sweep of the staging directory).

@@ -170,9 +170,15 @@ impl MetaStore {
         if content.sha256 != c.sha256 || content.size != c.size {
             return Err(MetaError::Collision);
         }
-        dir(&mut tx, req.owner, req.parent).await?;
-        let existing = find(&mut tx, req.owner, req.parent, &req.name).await?;
+        let existing = match req.conflict {
+            Conflict::Entry(id) => Some(get(&mut tx, req.owner, id).await?.ok_or(MetaError::NotFound)?),
+            _ => {
+                dir(&mut tx, req.owner, req.parent).await?;
+                find(&mut tx, req.owner, req.parent, &req.name).await?
+            }
+        };
         let id = match (existing, req.conflict) {
+            (None, Conflict::Entry(_)) => return Err(MetaError::NotFound),
             (None, _) => {
                 insert(
                     &mut tx,
@@ -189,7 +195,7 @@ impl MetaStore {
                 .await?
             }
             (Some(_), Conflict::Fail) => return Err(MetaError::AlreadyExists),
-            (Some(old), Conflict::Replace) => {
+            (Some(old), Conflict::Replace | Conflict::Entry(_)) => {
                 if old.is_dir() {
                     return Err(MetaError::IsADirectory);
                 }
@@ -225,6 +231,9 @@ impl MetaStore {
         };
         let entry = get(&mut tx, req.owner, id).await?.ok_or(MetaError::NotFound)?;
         place(&content)?;
+        if self.outbox && content.store == "local" {
+            Self::enqueue_transfer(&mut tx, &c.sha1, now).await?;
+        }
         tx.commit().await?;
         Ok(entry)
     }

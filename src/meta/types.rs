@@ -149,6 +149,11 @@ pub enum Conflict {
     Replace,
     /// Pick `name (1).ext`, `name (2).ext`, ... like a browser download.
     Rename,
+    /// Replace the content of the file with this id wherever it now is (the request's
+    /// parent and name are ignored); `NotFound` if it is gone, `IsADirectory` for a
+    /// directory. What a FUSE mount's write-back needs: a rename racing the upload cannot
+    /// send the bytes to another file.
+    Entry(i64),
 }
 
 /// What to do when a move or copy lands on an existing name.

@@ -68,6 +68,8 @@ pub trait SessionStore: Send + Sync {
     /// Received chunk indices, ascending.
     async fn parts(&self, id: &str) -> Result<Vec<i64>, SessionError>;
     async fn delete(&self, id: &str) -> Result<(), SessionError>;
+    /// Sessions alive now (for metrics).
+    async fn count_open(&self, now: i64) -> Result<u64, SessionError>;
     /// Checks the backend answers (for readiness probes).
     async fn ping(&self) -> Result<(), SessionError>;
 }

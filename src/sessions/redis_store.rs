@@ -162,6 +162,19 @@ impl SessionStore for RedisSessions {
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
+    async fn count_open(&self, _now: i64) -> Result<u64, SessionError> {
+        // SCAN walks the keyspace in steps; fine at scrape intervals.
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}MP_*", self.prefix);
+        let mut iter: redis::AsyncIter<String> = conn.scan_match(pattern).await.map_err(unavailable)?;
+        let mut n = 0;
+        while let Some(k) = iter.next_item().await {
+            k.map_err(unavailable)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     async fn ping(&self) -> Result<(), SessionError> {
         let mut conn = self.conn.clone();
         redis::cmd("PING")

@@ -39,6 +39,10 @@ impl SessionStore for SqlSessions {
         Ok(self.meta.session_delete(id).await?)
     }
 
+    async fn count_open(&self, now: i64) -> Result<u64, SessionError> {
+        Ok(self.meta.session_count(now).await?)
+    }
+
     async fn ping(&self) -> Result<(), SessionError> {
         Ok(self.meta.ping().await?)
     }
