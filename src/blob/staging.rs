@@ -236,7 +236,9 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, String, u64)> {
     let mut sha1 = sha1::Sha1::new();
     let mut size = 0u64;
     loop {
-        let mut buf = vec![0u8; 1 << 20];
+        // 512 KiB: below the allocator's mmap threshold, so buffers come from the heap
+        // instead of one mmap/munmap pair per read.
+        let mut buf = vec![0u8; 512 << 10];
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
