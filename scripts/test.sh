@@ -96,10 +96,9 @@ done
 cargo test -p filestore --lib --bins "${tests[@]}" --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 
 # The mount scenarios kill and restart servers under live FUSE mounts; run in parallel
-# they stall each other, so one at a time. server_restart_with_open_files is the FUSE
-# issue's work in progress (it still fails) and is left out until it passes.
+# they stall each other, so one at a time.
 log "cargo test: FUSE mounts of the real server"
-cargo test -p filestore --test mount --no-fail-fast -- --test-threads=1 --skip server_restart_with_open_files
+cargo test -p filestore --test mount --no-fail-fast -- --test-threads=1
 
 log "pjdfstest and fsx against the FUSE adapter (in-memory tree)"
 mount/scripts/pjdfstest.sh

@@ -119,25 +119,6 @@ fn read_password(file: &Path) -> Result<String> {
     Ok(pw)
 }
 
-/// Tells systemd (`Type=notify`) something, when it is listening.
-fn sd_notify(msg: &str) {
-    use std::os::unix::net::UnixDatagram;
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = UnixDatagram::unbound() else { return };
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
-
 /// Runs `filestore mount` until SIGINT/SIGTERM or an unmount from outside.
 pub async fn run(args: &MountArgs, config: Option<&Path>, data_dir: Option<&Path>) -> Result<()> {
     let mountpoint =
@@ -237,11 +218,11 @@ pub async fn run(args: &MountArgs, config: Option<&Path>, data_dir: Option<&Path
             spool_dir.display(),
             handle.resumed_uploads()
         );
-        sd_notify(&format!("READY=1\nSTATUS=mounted at {}", mp.display()));
+        filestore::systemd::notify(&format!("READY=1\nSTATUS=mounted at {}", mp.display()));
         let detacher = tokio::runtime::Handle::current().spawn(detach_on_signal(mp.clone()));
         let result = handle.run_until_signal();
         detacher.abort();
-        sd_notify("STOPPING=1");
+        filestore::systemd::notify("STOPPING=1");
         match result {
             Ok(()) => {}
             // Our lazy detach got there first; the session ended once the last file closed.

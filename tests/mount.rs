@@ -28,6 +28,16 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 // ---- environment checks ---------------------------------------------------------------
 
+/// The tests of this file run one at a time. A process holding a file of a FUSE mount
+/// open flushes it whenever a child it forks execs (closing its copy of the descriptor),
+/// and this mount commits on flush: a test that starts a process must not make another
+/// test's files commit (the killed-mount test needs them uncommitted), nor wait for them
+/// to commit against a server that is down.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn require_fuse() {
     assert!(
         Path::new("/dev/fuse").exists(),
@@ -172,20 +182,12 @@ impl Server {
             .expect("spawn filestore serve");
         // Kept in `self` at once, so that a panic below still kills it (Drop).
         self.child = Some(child);
-        let started = Instant::now();
         let mut url = None;
         wait_until("the server to announce its URL", Duration::from_secs(120), || {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
                     "filestore serve exited ({st}): {}",
                     fs::read_to_string(&out).unwrap_or_default()
-                );
-            }
-            if started.elapsed().as_millis() % 5000 < 25 {
-                eprintln!(
-                    "DEBUG {:?} {:?}",
-                    started.elapsed(),
-                    fs::read(&out).map(|b| String::from_utf8_lossy(&b).into_owned())
                 );
             }
             url = fs::read_to_string(&out).ok().and_then(|t| {
@@ -195,7 +197,6 @@ impl Server {
             });
             url.is_some()
         });
-        eprintln!("server up in {:?}", started.elapsed());
         self.base = url.unwrap();
         self.addr = Some(self.base.trim_start_matches("http://").to_string());
     }
@@ -501,6 +502,7 @@ impl Drop for Env {
 
 /// Every operation of the mount through the kernel, checked against the server.
 fn every_operation(backend: Backend) {
+    let _serial = serial();
     let Some(env) = Env::new(backend) else { return };
     let api = env.api();
     let mut m = env.mount("m", &[]);
@@ -524,6 +526,13 @@ fn every_operation(backend: Backend) {
         ino,
         "inode numbers are entry ids"
     );
+
+    // Names that need escaping in URLs.
+    let odd = "spaced é #?%&+.txt";
+    fs::write(p(&format!("docs/{odd}")), b"odd").unwrap();
+    assert_eq!(api.bytes(&format!("/docs/{odd}")), b"odd");
+    assert!(fs::read_dir(p("docs")).unwrap().any(|e| e.unwrap().file_name() == odd));
+    fs::remove_file(p(&format!("docs/{odd}"))).unwrap();
 
     // open + random write + read-your-writes; fsync commits; release.
     let f = OpenOptions::new().read(true).write(true).open(p("docs/a.txt")).unwrap();
@@ -755,6 +764,7 @@ fn operations_mariadb() {
 /// Two mounts of the same user see each other's changes once the writer closed.
 #[test]
 fn two_mounts_see_each_other() {
+    let _serial = serial();
     let env = Env::new(Backend::Sqlite).unwrap();
     let mut a = env.mount("a", &[]);
     let mut b = env.mount("b", &[]);
@@ -821,42 +831,59 @@ fn two_mounts_see_each_other() {
 /// nothing that close or fsync confirmed is lost; a failed commit is retried later.
 #[test]
 fn server_restart_with_open_files() {
+    let _serial = serial();
     let mut env = Env::new(Backend::Sqlite).unwrap();
     let api = env.api();
     let big = pattern(4 << 20, 11);
     api.put("/read.bin", &big);
     api.put("/write.txt", b"before the restart");
 
-    // Phase 1: a long retry window; the server is back within it.
+    // Phase 1: a long retry window; the server is back within it. The files are held
+    // open across the restart by child processes: a process that holds a FUSE file open
+    // flushes it (and the mount commits it) whenever a child it forks execs and closes its
+    // copy, so this process must hold none when it starts the server again.
     let mut m = env.mount("m", &["--retry-secs", "120", "--cache-bytes", "0"]);
-    let mut reader = File::open(m.path("read.bin")).unwrap();
-    let mut head = vec![0u8; 128 << 10];
-    reader.read_exact(&mut head).unwrap();
-    assert_eq!(head, &big[..128 << 10]);
-    let mut writer = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(m.path("write.txt"))
-        .unwrap();
-    writer.write_all(b"written while the server ").unwrap();
-
+    let out = env.dir.join("rest.bin");
+    let sh = |script: String| {
+        Command::new("sh")
+            .args(["-euc", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (read_bin, write_txt) = (
+        m.path("read.bin").display().to_string(),
+        m.path("write.txt").display().to_string(),
+    );
+    // Opens, reads the first 128 KiB, says so, and reads the rest when told to.
+    let mut reader = sh(format!(
+        "exec 3<'{read_bin}'; head -c 131072 <&3 >/dev/null; echo open; read go; cat <&3 >'{}'",
+        out.display()
+    ));
+    // Opens with O_TRUNC, writes, says so; when told to: writes more and fsyncs.
+    let mut writer = sh(format!(
+        "exec 3>'{write_txt}'; printf 'written while the server ' >&3; echo open; read go; \
+         printf 'was down' >&3; dd if=/dev/null of=/dev/fd/3 count=0 conv=notrunc,fsync status=none"
+    ));
+    let mut line = String::new();
+    for child in [&mut reader, &mut writer] {
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        line.clear();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert_eq!(line, "open\n");
+    }
     env.server.kill();
-    let worker = std::thread::spawn(move || {
-        // Blocks (retrying) until the server is back, then completes.
-        let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).unwrap();
-        writer.write_all(b"was down").unwrap();
-        writer.sync_all().unwrap(); // commits: returns once the server has it
-        drop(writer);
-        rest
-    });
-    let log_has = |m: &Mount, what: &str| m.log_text().contains(what);
+    for child in [&mut reader, &mut writer] {
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
     wait_until("the mount to retry", Duration::from_secs(60), || {
-        log_has(&m, "retrying")
+        m.log_text().contains("retrying")
     });
     env.server.spawn();
-    let rest = worker.join().expect("the operations succeed after the restart");
-    assert_eq!(rest, &big[128 << 10..]);
+    assert!(reader.wait().unwrap().success(), "reading across the restart");
+    assert!(writer.wait().unwrap().success(), "writing and fsync across the restart");
+    assert_eq!(fs::read(&out).unwrap(), &big[128 << 10..]);
     let api = env.api();
     assert_eq!(api.bytes("/write.txt"), b"written while the server was down");
     m.stop();
@@ -883,6 +910,7 @@ fn server_restart_with_open_files() {
     assert_eq!(api.bytes("/write.txt"), b"SURVIVESwhile the server was down");
     r.read_exact_at(&mut buf, 3 << 20).unwrap();
     assert_eq!(buf, &big[3 << 20..(3 << 20) + 4096]);
+    drop(r);
 
     // A failed close keeps the data journaled; the next open of the file adopts it and
     // its close commits.
@@ -920,6 +948,7 @@ fn server_restart_with_open_files() {
 /// `fusermount3 -u` and a restart with the same spool, they are uploaded.
 #[test]
 fn killed_mount_uploads_dirty_files_after_restart() {
+    let _serial = serial();
     let env = Env::new(Backend::Sqlite).unwrap();
     let api = env.api();
     api.put("/existing.txt", b"old content");
@@ -965,6 +994,7 @@ fn killed_mount_uploads_dirty_files_after_restart() {
 /// storage, beside the running server.
 #[test]
 fn local_mount_beside_the_server() {
+    let _serial = serial();
     require_fuse();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
