@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{assert_fuse, cstr, errno_of, TestMount};
+use common::{assert_fuse, cstr, errno_of, wait_until, TestMount};
 
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect()
@@ -188,6 +188,12 @@ fn drop_page_cache(f: &File) {
     );
 }
 
+fn no_spool_data(spool: &std::path::Path) -> bool {
+    fs::read_dir(spool)
+        .unwrap()
+        .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".data"))
+}
+
 fn read_from_start(mut f: &File) -> Vec<u8> {
     let mut out = Vec::new();
     f.seek(SeekFrom::Start(0)).unwrap();
@@ -200,6 +206,12 @@ fn cached_reads_do_not_refetch() {
     let m = TestMount::new();
     let data = pattern(4 << 20);
     fs::write(m.path("big"), &data).unwrap();
+    // close(2) returns after FLUSH (the upload), but the kernel sends RELEASE on its own
+    // time; until it lands the writer's spool still serves reads, and no fetch would be
+    // counted below. The spool file goes away with the last reference.
+    wait_until("the writer's release", Duration::from_secs(10), || {
+        no_spool_data(&m.spool)
+    });
     let f = File::open(m.path("big")).unwrap();
     // The pages written are still cached (same SHA-1, FOPEN_KEEP_CACHE): nothing to fetch.
     let before = m.tree.read_calls();
