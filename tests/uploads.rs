@@ -717,3 +717,99 @@ async fn redis_unreachable_is_a_503() {
     assert_eq!(r.status(), 201);
     s.stop().await;
 }
+
+/// A chunk is final once recorded: a resend with other bytes changes nothing. And
+/// `complete` waits for a chunk write in flight instead of hashing (and storing) a file
+/// that is still being written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_cannot_change_once_recorded_or_during_complete() {
+    let Some(tweak) = configure(Sessions::Database) else {
+        return;
+    };
+    let Some(s) = TestServer::start_with(Backend::Sqlite, tweak).await else {
+        return;
+    };
+    let t = s.user("alice").await;
+    let data = payload(3 * CHUNK, 9);
+    let hash = sha1_hex(&data);
+    let r = s
+        .http
+        .post(s.url("/api/v1/uploads"))
+        .bearer_auth(&t)
+        .json(&json!({"path": "/race.bin", "size": data.len(), "sha1": hash}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let part = |i: usize, body: reqwest::Body| {
+        s.http
+            .put(s.url(&format!("/api/v1/uploads/{id}/parts/{i}")))
+            .bearer_auth(&t)
+            .body(body)
+            .send()
+    };
+    for i in 1..=2 {
+        let body = data[(i - 1) * CHUNK..i * CHUNK].to_vec();
+        assert_eq!(part(i, body.into()).await.unwrap().status(), 200);
+    }
+    let other = payload(CHUNK, 77);
+    assert_ne!(other, data[..CHUNK]);
+    assert_eq!(
+        part(1, other.into()).await.unwrap().status(),
+        200,
+        "a resend is accepted"
+    );
+
+    // Chunk 3 in flight: half of it sent, and written (so its writer holds its lock).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let third = tokio::spawn(part(3, body));
+    let (head, tail) = data[2 * CHUNK..].split_at(CHUNK / 2);
+    tx.send(Ok(head.to_vec())).await.unwrap();
+    let file = s.db.dir.path().join(format!("data/staging/parts/{id}.data"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let on_disk = std::fs::read(&file).unwrap();
+        if on_disk[2 * CHUNK..2 * CHUNK + head.len()] == *head {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first half never reached the data file"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut complete = tokio::spawn(
+        s.http
+            .post(s.url(&format!("/api/v1/uploads/{id}/complete")))
+            .bearer_auth(&t)
+            .send(),
+    );
+    // `complete` must not answer while chunk 3 is being written. Correct code never
+    // answers here, so the window's length only bounds how long a broken one has to show.
+    tokio::select! {
+        r = &mut complete => panic!("complete answered during a chunk write: {:?}", r.unwrap().map(|r| r.status())),
+        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+    }
+    tx.send(Ok(tail.to_vec())).await.unwrap();
+    drop(tx);
+    assert_eq!(third.await.unwrap().unwrap().status(), 200);
+    let r = complete.await.unwrap().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let got = s
+        .http
+        .get(s.url("/api/v1/files/race.bin"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == data, "the stored bytes are the first ones of every chunk");
+    assert_eq!(parts_files(&s), 0);
+    s.stop().await;
+}

@@ -220,21 +220,46 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
-/// SHA-1, SHA-256 and size of a file, read once. The two digests run on two threads so
-/// that completing a large chunked upload costs about one hash, not two.
+/// SHA-1 and SHA-256 of the first `size` bytes of something, to be continued.
+#[derive(Clone, Default)]
+pub struct Digests {
+    pub sha1: sha1::Sha1,
+    pub sha256: sha2::Sha256,
+    pub size: u64,
+}
+
+impl Digests {
+    pub fn update(&mut self, data: &[u8]) {
+        self.sha1.update(data);
+        self.sha256.update(data);
+        self.size += data.len() as u64;
+    }
+}
+
+/// SHA-1, SHA-256 and size of a file, read once.
 pub fn hash_file(path: &Path) -> std::io::Result<(String, String, u64)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    hash_rest(&mut std::fs::File::open(path)?, Digests::default())
+}
+
+/// Continues `digests` (over the first `digests.size` bytes of `file`) to the end of the
+/// file. The two digests run on two threads so that completing a large chunked upload
+/// costs about one hash, not two.
+pub fn hash_rest(file: &mut std::fs::File, digests: Digests) -> std::io::Result<(String, String, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Digests {
+        mut sha1,
+        sha256,
+        mut size,
+    } = digests;
+    file.seek(SeekFrom::Start(size))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
     let sha256 = std::thread::spawn(move || {
-        let mut h = sha2::Sha256::new();
+        let mut h = sha256;
         for chunk in rx {
             h.update(&chunk);
         }
         hex::encode(h.finalize())
     });
-    let mut sha1 = sha1::Sha1::new();
-    let mut size = 0u64;
     loop {
         // 512 KiB: below the allocator's mmap threshold, so buffers come from the heap
         // instead of one mmap/munmap pair per read.

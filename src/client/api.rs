@@ -401,12 +401,13 @@ impl Client {
         self.json(self.request(Method::POST, "/uploads").json(&body)).await
     }
 
-    pub async fn upload_part(&self, id: &str, index: u64, data: Bytes, sha1: &str) -> Result<()> {
-        let req = self
-            .request(Method::PUT, &format!("/uploads/{id}/parts/{index}"))
-            .header("x-chunk-sha1", sha1)
-            .body(data);
-        self.send(req).await?;
+    /// Sends chunk `index`; with `sha1` the server refuses it unless it hashes to that.
+    pub async fn upload_part(&self, id: &str, index: u64, data: Bytes, sha1: Option<&str>) -> Result<()> {
+        let mut req = self.request(Method::PUT, &format!("/uploads/{id}/parts/{index}"));
+        if let Some(h) = sha1 {
+            req = req.header("x-chunk-sha1", h);
+        }
+        self.send(req.body(data)).await?;
         Ok(())
     }
 

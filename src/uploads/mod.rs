@@ -3,21 +3,29 @@
 //! `init` creates a session (or finds the caller's live session for the same content and
 //! size, and says which chunks it already has) and a sparse file `staging/parts/<id>.data`
 //! of the declared size. Each chunk is written at its offset in that file, fsynced, and
-//! only then recorded in the session, so a recorded chunk is on disk. Any gateway that
-//! shares the staging directory and the session store can take any chunk or complete the
-//! upload. `complete` hashes the assembled file, refuses it unless SHA-1 and size are the
-//! declared ones, and commits it like a streamed upload: the file is hard-linked into the
-//! store, so its bytes are written once.
+//! only then recorded in the session, so a recorded chunk is on disk. A recorded chunk is
+//! never written again: a resend of it is read and dropped. Any gateway that shares the
+//! staging directory and the session store can take any chunk or complete the upload.
+//! Recorded chunks are hashed in order while the rest arrive ([`prefix_hash`]); `complete`
+//! waits until no chunk is being written ([`data_file`]), hashes what is left, refuses the
+//! file unless SHA-1 and size are the declared ones, and commits it like a streamed
+//! upload: the file is hard-linked into the store, so its bytes are written once.
 //!
 //! # What a crash leaves behind
 //! - during a chunk: a partly written range of an unrecorded chunk; the client resends it;
 //! - after the chunk is recorded: nothing to do, a resend is harmless;
 //! - during `complete`, before the commit: the session and its data file, intact; the
-//!   client retries `complete`;
+//!   client retries `complete` (the running hash was in memory: the retry hashes the whole
+//!   file);
 //! - after the commit, before the session is deleted: the file is visible; a retried
 //!   `complete` of a fixed-path upload replaces it with the same content, a seed upload
 //!   gets a second entry `name (1)`; abandoned sessions expire and the sweep removes their
 //!   data files.
+//!
+//! The locks of [`data_file`] belong to open files, so a dead process holds none.
+
+mod data_file;
+mod prefix_hash;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -27,7 +35,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha1::Digest;
 
-use crate::blob::{hash_file, is_sha1_hex};
+use crate::blob::{hash_rest, is_sha1_hex};
 use crate::drive::{Drive, DriveError, UploadTarget};
 use crate::meta::{now_ms, Entry, NewContent, User};
 use crate::sessions::{SessionError, SessionStore, UploadSession};
@@ -72,6 +80,7 @@ pub struct Uploads {
     parts: PathBuf,
     chunk_size: i64,
     ttl_ms: i64,
+    prefix: Arc<prefix_hash::PrefixHashes>,
 }
 
 /// How a session's target string encodes the destination: `CONFLICT:PATH`, where PATH is
@@ -107,6 +116,7 @@ impl Uploads {
             parts,
             chunk_size: chunk_size as i64,
             ttl_ms: ttl_secs as i64 * 1000,
+            prefix: Arc::default(),
         })
     }
 
@@ -185,7 +195,8 @@ impl Uploads {
 
     /// Writes chunk `index` (1-based) from `body`. Every chunk but the last is exactly
     /// `chunk_size` bytes; `chunk_sha1`, when given, is checked. Re-sending a chunk is
-    /// harmless. Returns how many chunks the session now has.
+    /// harmless: once recorded, a chunk's bytes stay the first ones. Returns how many
+    /// chunks the session now has.
     pub async fn put_part<S, E>(
         &self,
         user: &User,
@@ -215,21 +226,27 @@ impl Uploads {
             Some(_) => return Err(UploadError::Invalid("chkhash must be 40 hexadecimal digits".into())),
             None => None,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.data_path(id))
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    UploadError::NoSession
-                } else {
-                    e.into()
-                }
-            })?;
         let offset = (index - 1) * s.chunk_size;
+        let path = self.data_path(id);
+        let file = blocking(move || data_file::lock_chunk(&path, offset as u64, expected as u64))
+            .await?
+            .ok_or(UploadError::NoSession)?;
+        // Under the chunk's lock, so no other writer of it can be between its write and
+        // its record: recorded means final.
+        if self.sessions.parts(id).await?.binary_search(&index).is_ok() {
+            drop(file);
+            let got = drain(body, expected).await?;
+            if got != expected {
+                return Err(UploadError::ChunkSize { index, expected });
+            }
+            return Ok(self.sessions.parts(id).await?.len());
+        }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let hash = want_hash.is_some();
-        // The file is written on a blocking thread, fed through a bounded queue.
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Option<String>)> {
+        // The file is written on a blocking thread, fed through a bounded queue. It comes
+        // back with its locks, which are held until the chunk is recorded.
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Option<String>, std::fs::File)> {
+            let mut file = file;
             file.seek(SeekFrom::Start(offset as u64))?;
             let mut sha1 = sha1::Sha1::new();
             let mut n = 0u64;
@@ -241,7 +258,7 @@ impl Uploads {
                 n += chunk.len() as u64;
             }
             file.sync_data()?;
-            Ok((n, hash.then(|| hex::encode(sha1.finalize()))))
+            Ok((n, hash.then(|| hex::encode(sha1.finalize())), file))
         });
         let mut got = 0i64;
         let mut failure = None;
@@ -269,7 +286,7 @@ impl Uploads {
         if let Some(f) = failure {
             return Err(f);
         }
-        let (n, digest) = written?;
+        let (n, digest, file) = written?;
         if n as i64 != expected {
             return Err(UploadError::ChunkSize { index, expected });
         }
@@ -281,6 +298,13 @@ impl Uploads {
         if !self.sessions.record_part(id, index, self.ttl_ms).await? {
             return Err(UploadError::NoSession);
         }
+        let layout = || prefix_hash::Layout {
+            path: self.data_path(id),
+            chunk_size: s.chunk_size as u64,
+            size: s.size as u64,
+        };
+        self.prefix.recorded(id, layout, index);
+        drop(file);
         Ok(self.sessions.parts(id).await?.len())
     }
 
@@ -288,6 +312,14 @@ impl Uploads {
     /// seed names the file only at completion).
     pub async fn complete(&self, user: &User, id: &str, target: UploadTarget) -> Result<Entry> {
         let s = self.session(user, id).await?;
+        self.drive.check_target(user, &target).await?;
+        let path = self.data_path(id);
+        let p = path.clone();
+        // Waits for chunk writes in flight; none starts until this is dropped, after the
+        // data file has left `parts/`.
+        let mut file = blocking(move || data_file::lock_exclusive(&p))
+            .await?
+            .ok_or(UploadError::NoSession)?;
         let parts = self.sessions.parts(id).await?;
         let missing: Vec<i64> = (1..=s.chunk_count)
             .filter(|i| parts.binary_search(i).is_err())
@@ -295,12 +327,12 @@ impl Uploads {
         if !missing.is_empty() {
             return Err(UploadError::Incomplete(missing));
         }
-        self.drive.check_target(user, &target).await?;
-        let path = self.data_path(id);
-        let p = path.clone();
-        let (sha1, sha256, size) = tokio::task::spawn_blocking(move || hash_file(&p))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let (prefix, key) = (self.prefix.clone(), id.to_owned());
+        let (sha1, sha256, size, file) = blocking(move || {
+            let hashed = hash_rest(&mut file, prefix.take(&key))?;
+            Ok((hashed.0, hashed.1, hashed.2, file))
+        })
+        .await?;
         if sha1 != s.sha1 || size as i64 != s.size {
             tracing::info!(upload = id, declared = %s.sha1, actual = %sha1, "refused a chunked upload whose bytes do not match");
             self.discard(id).await?;
@@ -321,6 +353,7 @@ impl Uploads {
             .await?;
         failpoint("complete.committed");
         self.discard(id).await?;
+        drop(file);
         Ok(entry)
     }
 
@@ -331,6 +364,7 @@ impl Uploads {
     }
 
     async fn discard(&self, id: &str) -> Result<()> {
+        self.prefix.forget(id);
         self.sessions.delete(id).await?;
         match std::fs::remove_file(self.data_path(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -355,9 +389,34 @@ impl Uploads {
                 && self.sessions.get(id).await?.is_none()
                 && std::fs::remove_file(&path).is_ok()
             {
+                self.prefix.forget(id);
                 removed += 1;
             }
         }
         Ok(removed)
     }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??)
+}
+
+/// Reads a body to its end without keeping it; fails past `limit` bytes.
+async fn drain<S, E>(body: S, limit: i64) -> Result<i64>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut got = 0i64;
+    while let Some(item) = body.next().await {
+        got += item.map_err(|e| UploadError::Body(e.to_string()))?.len() as i64;
+        if got > limit {
+            break;
+        }
+    }
+    Ok(got)
 }
