@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every benchmark in one command: bench/core.sh (1 GiB PUT/GET vs nginx, 4 KiB PUTs on SQLite,
 # MariaDB and nginx, dedup re-PUT), then bench/uploads.sh (1 GiB single PUT vs chunked via the
-# CLI and via the raw protocol, instant upload latency, client hashing vs sha1sum).
+# CLI and via the raw protocol, instant upload latency, client hashing vs sha1sum), then
+# bench/transfer.sh (transfer to Ceph RGW through RabbitMQ vs `aws s3 cp`, ranged reads).
 # The binary is built once and copied, so that a rebuild by someone else in the shared target
 # dir cannot swap it in the middle of the run. Reports: bench/results/core-<stamp>.md,
-# bench/results/uploads-<stamp>.md, and the progress log bench/results/run-<stamp>.txt.
+# bench/results/uploads-<stamp>.md, bench/results/transfer-<stamp>.md, and the progress log
+# bench/results/run-<stamp>.txt.
 #
 # usage: bench/run-all.sh [--commit REV] [--quick] [--no-build] [--rounds N] [--no-mariadb] [--no-wrk]
 #   --commit REV  measure a commit instead of the working tree: `git archive REV` is unpacked in a
@@ -22,12 +24,13 @@ BUILD=1
 COMMIT=
 CORE_ARGS=()
 UP_ARGS=()
+TR_ARGS=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --quick) CORE_ARGS+=(--quick); UP_ARGS+=(--quick) ;;
+    --quick) CORE_ARGS+=(--quick); UP_ARGS+=(--quick); TR_ARGS+=(--quick) ;;
     --commit) COMMIT=$2; shift ;;
     --no-build) BUILD=0 ;;
-    --rounds) CORE_ARGS+=(--rounds "$2"); UP_ARGS+=(--rounds "$2"); shift ;;
+    --rounds) CORE_ARGS+=(--rounds "$2"); UP_ARGS+=(--rounds "$2"); TR_ARGS+=(--rounds "$2"); shift ;;
     --no-mariadb|--no-wrk) CORE_ARGS+=("$1") ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -72,6 +75,7 @@ LOG=$HERE/results/run-$STAMP.txt  # .txt: *.log is gitignored
 export BENCH_BINARY_NOTE=$NOTE
 export BENCH_CORE_OUT=$HERE/results/core-$STAMP.md
 export BENCH_UPLOADS_OUT=$HERE/results/uploads-$STAMP.md
+export BENCH_TRANSFER_OUT=$HERE/results/transfer-$STAMP.md
 started=$(date +%s)
 {
   echo "# bench/run-all.sh${COMMIT:+ --commit $COMMIT} ${CORE_ARGS[*]:-} — $(date '+%Y-%m-%d %H:%M:%S %Z')"
@@ -92,5 +96,11 @@ log "bench/uploads.sh ${UP_ARGS[*]:-}"
 FILESTORE_BIN=$PIN/filestore "$HERE/uploads.sh" "${UP_ARGS[@]}" 2> >(tee -a "$LOG" >&2) >/dev/null || rc2=$?
 echo "# uploads.sh exit $rc2; load average $(cat /proc/loadavg); total $(( $(date +%s) - started )) s" >>"$LOG"
 log "uploads.sh exit $rc2; total $(( $(date +%s) - started )) s"
-log "reports: $BENCH_CORE_OUT $BENCH_UPLOADS_OUT"
-[ $rc = 0 ] && [ $rc2 = 0 ]
+
+rc3=0
+log "bench/transfer.sh ${TR_ARGS[*]:-}"
+FILESTORE_BIN=$PIN/filestore "$HERE/transfer.sh" "${TR_ARGS[@]}" 2> >(tee -a "$LOG" >&2) >/dev/null || rc3=$?
+echo "# transfer.sh exit $rc3; load average $(cat /proc/loadavg); total $(( $(date +%s) - started )) s" >>"$LOG"
+log "transfer.sh exit $rc3; total $(( $(date +%s) - started )) s"
+log "reports: $BENCH_CORE_OUT $BENCH_UPLOADS_OUT $BENCH_TRANSFER_OUT"
+[ $rc = 0 ] && [ $rc2 = 0 ] && [ $rc3 = 0 ]
