@@ -353,7 +353,40 @@ async fn concurrent_dedup(backend: Backend) {
     db.cleanup().await;
 }
 
+/// A write dropped in the middle (a client that disconnects) must not leave its pooled
+/// connection inside an open transaction: later reads on that connection would see an old
+/// snapshot (a directory created since looks missing) and its writes would never commit.
+async fn cancelled_writes(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    // One connection, so every statement below runs on the one the cancelled write used.
+    let meta = MetaStore::connect(&db.url, 1).await.expect("connect");
+    let other = MetaStore::connect(&db.url, 1).await.expect("connect");
+    let u = meta.create_user("u", "h", false).await.unwrap();
+    let root = meta.root(u.id).await.unwrap();
+    for i in 0..20 {
+        // Polled once, then dropped: cancelled wherever its first await leaves it.
+        let name = format!("c{i}");
+        let cancelled = meta.mkdir(u.id, root.id, &name, 0o755);
+        let _ = futures_util::FutureExt::now_or_never(cancelled);
+        assert!(meta.lookup(u.id, root.id, "x").await.unwrap().is_none());
+        let made = other.mkdir(u.id, root.id, &format!("d{i}"), 0o755).await.unwrap();
+        let seen = meta.lookup(u.id, root.id, &format!("d{i}")).await.unwrap();
+        assert_eq!(
+            seen.map(|e| e.id),
+            Some(made.id),
+            "round {i}: a committed directory is visible"
+        );
+        let mine = meta.mkdir(u.id, root.id, &format!("e{i}"), 0o755).await.unwrap();
+        let seen = other.lookup(u.id, root.id, &format!("e{i}")).await.unwrap();
+        assert_eq!(seen.map(|e| e.id), Some(mine.id), "round {i}: a write is committed");
+    }
+    meta.close().await;
+    other.close().await;
+    db.cleanup().await;
+}
+
 both_backends! {
+    cancelled_writes_leave_no_open_transaction => cancelled_writes;
     accounts => accounts_and_tokens;
     tree => tree_operations;
     owners_are_isolated => isolation;

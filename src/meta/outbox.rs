@@ -131,7 +131,7 @@ impl MetaStore {
     ) -> Result<String, MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let error: String = error.chars().take(1000).collect();
         sqlx::query(
             // state before attempts: MySQL evaluates SET clauses left to right with the new
@@ -174,7 +174,7 @@ impl MetaStore {
     async fn try_content_moved(&self, job: i64, sha1: &str, key: &str) -> Result<Moved, MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query("UPDATE files SET store = 's3', object_key = ? WHERE sha1 = ? AND store = 'local'")
             .bind(key)
             .bind(sha1)

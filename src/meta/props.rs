@@ -43,7 +43,7 @@ impl MetaStore {
 
     async fn try_patch_props(&self, owner: i64, id: i64, changes: &[PropChange]) -> Result<(), MetaError> {
         let _g = self.write_gate().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Lock the entry (and check it is the owner's) before touching its properties.
         let res = sqlx::query("UPDATE entries SET ctime = ctime WHERE id = ? AND owner = ?")
             .bind(id)

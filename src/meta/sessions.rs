@@ -97,7 +97,7 @@ impl MetaStore {
     /// Records a part and extends the session, unless it is gone or expired.
     pub async fn session_record_part(&self, id: &str, idx: i64, now: i64, ttl_ms: i64) -> Result<bool, MetaError> {
         let _g = self.write_gate().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query("UPDATE upload_sessions SET expires_at = ? WHERE id = ? AND expires_at > ?")
             .bind(now + ttl_ms)
             .bind(id)
@@ -127,7 +127,7 @@ impl MetaStore {
 
     pub async fn session_delete(&self, id: &str) -> Result<(), MetaError> {
         let _g = self.write_gate().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM upload_parts WHERE session_id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -151,7 +151,7 @@ impl MetaStore {
     /// Deletes expired sessions; returns how many.
     pub async fn session_purge_expired(&self, now: i64) -> Result<u64, MetaError> {
         let _g = self.write_gate().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "DELETE FROM upload_parts WHERE session_id IN (SELECT id FROM upload_sessions WHERE expires_at <= ?)",
         )

@@ -85,6 +85,21 @@ macro_rules! retry_txn {
 pub(super) use retry_txn;
 
 impl MetaStore {
+    /// Starts a transaction, on a task of its own so that it runs to completion even when
+    /// the caller is dropped (a client that disconnects). sqlx 0.9 counts a transaction
+    /// as open only once the server has answered BEGIN; cancelled in between, the pooled
+    /// connection goes back inside a server-side transaction that nothing rolls back, and
+    /// everything later run on it reads an old snapshot and never commits (on MariaDB, a
+    /// directory created since looked missing: a PUT into it answered 404). Completed
+    /// here, an unwanted transaction is dropped with its rollback queued.
+    pub(super) async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>, MetaError> {
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.begin().await })
+            .await
+            .map_err(|e| MetaError::Db(sqlx::Error::Io(std::io::Error::other(e.to_string()))))?
+            .map_err(MetaError::from)
+    }
+
     /// Connects (creating the database if it does not exist) and applies the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<MetaStore, MetaError> {
         let store = Self::connect_without_migrating(url, max_connections).await?;
@@ -182,7 +197,7 @@ impl MetaStore {
     pub async fn create_user(&self, name: &str, password_hash: &str, is_admin: bool) -> Result<User, MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query(
             "INSERT INTO users (name, password_hash, is_admin, disabled, created_at, last_active) VALUES (?, ?, ?, 0, ?, ?)",
         )
@@ -240,7 +255,7 @@ impl MetaStore {
     /// Enables or disables an account; disabling also ends its sessions.
     pub async fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<(), MetaError> {
         let _g = self.write_gate().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query("UPDATE users SET disabled = ? WHERE name = ?")
             .bind(disabled as i64)
             .bind(name)
@@ -278,7 +293,7 @@ impl MetaStore {
     pub async fn insert_token(&self, token_hash: &str, user_id: i64, expires_at: i64) -> Result<(), MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO tokens (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
             .bind(token_hash)
             .bind(user_id)
@@ -394,7 +409,7 @@ impl MetaStore {
         remove: &RemoveFn<'_>,
     ) -> Result<Option<Content>, MetaError> {
         let _g = self.write_gate().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
         let Some(content): Option<Content> = sqlx::query_as(sql).bind(sha1).fetch_optional(&mut *tx).await? else {
             return Ok(None);

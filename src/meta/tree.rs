@@ -121,7 +121,7 @@ impl MetaStore {
     async fn try_mkdir(&self, owner: i64, parent: i64, name: &str, mode: i64) -> Result<Entry, MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         dir(&mut tx, owner, parent).await?;
         let id = insert(&mut tx, owner, parent, name, EntryKind::Dir, None, 0, mode, now, now).await?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
@@ -145,7 +145,7 @@ impl MetaStore {
         let now = now_ms();
         let mtime = req.mtime.unwrap_or(now);
         let c = &req.content;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // The upsert is the first statement so that it takes the content row's lock before
         // anything is read: a garbage collection of the same content cannot interleave.
         let upsert = match self.dialect {
@@ -260,7 +260,7 @@ impl MetaStore {
     ) -> Result<Entry, MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Lock the source row first (an UPDATE that changes nothing but ctime).
         sqlx::query("UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL")
             .bind(now)
@@ -318,7 +318,7 @@ impl MetaStore {
     ) -> Result<Entry, MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Lock the destination directory first so concurrent copies into it serialise.
         let res = sqlx::query("UPDATE entries SET mtime = mtime WHERE id = ? AND owner = ? AND kind = ?")
             .bind(new_parent)
@@ -371,7 +371,7 @@ impl MetaStore {
     async fn try_delete(&self, owner: i64, id: i64, recursive: bool) -> Result<DeleteStats, MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL")
             .bind(now)
             .bind(id)
@@ -400,7 +400,7 @@ impl MetaStore {
     ) -> Result<Entry, MetaError> {
         let _g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE entries SET mode = COALESCE(?, mode), mtime = COALESCE(?, mtime), ctime = ? WHERE id = ? AND owner = ?",
         )
