@@ -6,7 +6,7 @@
 #      part PUTs, no client hashing; and again with X-Chunk-Sha1 on each part): MB/s and ratios
 #      to the PUT, rounds rotating the order
 #   2. instant upload by the owner: p50/p99 of POST /api/v1/instant, 1 MiB vs 1 GiB content
-#      (500 requests each, interleaved, to new paths);
+#      (2000 requests each, interleaved, which goes first alternating, to new paths);
 #      and by another user proving possession (challenge, answer, proof)
 #   3. client-side SHA-1 throughput of `filestore upload` vs sha1sum (and openssl) on 1 GiB
 # Markdown to stdout and bench/results/uploads-<date>.md (BENCH_UPLOADS_OUT overrides).
@@ -29,7 +29,7 @@ REPO=$(dirname "$HERE")
 ROUNDS=${BENCH_ROUNDS:-5}
 LARGE_MIB=${BENCH_LARGE_MIB:-1024}
 PARALLEL=${BENCH_PARALLEL:-4}
-INSTANT_N=${BENCH_INSTANT_N:-500}
+INSTANT_N=${BENCH_INSTANT_N:-2000}
 HASH_REPS=${BENCH_HASH_REPS:-5}
 PORT=${BENCH_UPLOADS_PORT:-38120}
 CHUNK_SIZE=${BENCH_CHUNK_SIZE:-}
