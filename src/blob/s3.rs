@@ -4,8 +4,10 @@
 //! ([`S3Store::put_file`]), streamed from the staging file: memory per upload stays at about
 //! `parallelism` read buffers, whatever the file or part size. Every upload is checked
 //! against what we sent: each part's (or the single PUT's) `Content-MD5` is verified by the
-//! server, and afterwards the object's size and ETag (the MD5, or the MD5 of the part MD5s
-//! and `-N` for a multipart upload) must match what was computed from the file.
+//! server, and the stored object's ETag (the MD5, or the MD5 of the part MD5s and `-N` for a
+//! multipart upload) must match what was computed from the file: as the server states it in
+//! its answer to the PutObject or CompleteMultipartUpload, or, when the answer carries no
+//! ETag, from a HeadObject that also checks the size.
 //!
 //! Client settings that matter for S3-compatible servers:
 //! - checksums only when an operation requires them: by default the SDK sends streamed
@@ -194,9 +196,12 @@ impl S3Store {
     /// buffers per part in flight.
     ///
     /// Verified end to end: the server checks each request body against its `Content-MD5`,
-    /// and the stored object must then have `size` bytes and the ETag computed from the
-    /// file (its MD5; for multipart, the MD5 of the part MD5s followed by `-N`). The file
-    /// must not change during the upload (staged content never does).
+    /// and the stored object must then have the ETag computed from the file (its MD5; for
+    /// multipart, the MD5 of the part MD5s followed by `-N`, which also pins the parts and so
+    /// the size). The ETag in the server's answer to the PutObject (or the
+    /// CompleteMultipartUpload) is that statement; only a server that answers without one
+    /// costs a HeadObject, which then checks the ETag and the size. The file must not change
+    /// during the upload (staged content never does).
     #[tracing::instrument(skip(self, path))]
     pub async fn put_file(&self, key: &str, path: &Path, size: u64) -> Result<(), BlobError> {
         // A stat, not worth a trip to the blocking pool.
@@ -208,11 +213,15 @@ impl S3Store {
             )
             .into());
         }
-        let etag = if size < self.part_size {
+        let (etag, confirmed) = if size < self.part_size {
             self.put_single(key, path, size).await?
         } else {
             self.put_multipart(key, path, size).await?
         };
+        if confirmed {
+            tracing::debug!(etag, "uploaded; verified by the server's answer");
+            return Ok(());
+        }
         let head = self
             .client
             .head_object()
@@ -233,12 +242,12 @@ impl S3Store {
                 "after upload, {key} has ETag {stored_etag}, expected {etag}"
             )));
         }
-        tracing::debug!(etag, "uploaded and verified");
+        tracing::debug!(etag, "uploaded and verified by HeadObject");
         Ok(())
     }
 
-    /// One PutObject; returns the expected ETag.
-    async fn put_single(&self, key: &str, path: &Path, size: u64) -> Result<String, BlobError> {
+    /// One PutObject; returns the expected ETag and whether the answer confirmed it.
+    async fn put_single(&self, key: &str, path: &Path, size: u64) -> Result<(String, bool), BlobError> {
         let digest = md5_of_range(path, 0, size).await?;
         let body = file_body(path, 0, size).await?;
         let out = self
@@ -255,18 +264,15 @@ impl S3Store {
             .await
             .map_err(|e| remote("PutObject", key, e))?;
         let etag = hex::encode(digest);
-        let answered = unquote(out.e_tag().unwrap_or_default());
-        if !answered.is_empty() && !answered.eq_ignore_ascii_case(&etag) {
-            return Err(mismatch(format!("PutObject {key}: ETag {answered}, expected {etag}")));
-        }
-        Ok(etag)
+        let confirmed = answered_etag("PutObject", key, out.e_tag(), &etag)?;
+        Ok((etag, confirmed))
     }
 
-    /// A multipart upload; returns the expected ETag.
+    /// A multipart upload; returns the expected ETag and whether the answer confirmed it.
     ///
     /// Each part is a task of its own. On failure, the parts in flight are let finish before
     /// the upload is aborted, so that nothing is stored for the upload after its abort.
-    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<String, BlobError> {
+    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<(String, bool), BlobError> {
         let part_size = self.part_size_for(size);
         let parts = size.div_ceil(part_size);
         // Sent from a task of its own: a caller that gives up while the request is out still
@@ -360,13 +366,8 @@ impl S3Store {
             }
         };
         upload.disarm();
-        let answered = unquote(out.e_tag().unwrap_or_default());
-        if !answered.is_empty() && !answered.eq_ignore_ascii_case(&etag) {
-            return Err(mismatch(format!(
-                "CompleteMultipartUpload {key}: ETag {answered}, expected {etag}"
-            )));
-        }
-        Ok(etag)
+        let confirmed = answered_etag("CompleteMultipartUpload", key, out.e_tag(), &etag)?;
+        Ok((etag, confirmed))
     }
 
     /// Part `index` (from 0): hashed, then streamed from the file with its `Content-MD5`.
@@ -802,6 +803,20 @@ async fn md5_of_range(path: &Path, offset: u64, len: u64) -> std::io::Result<[u8
 /// An ETag without its quotes.
 fn unquote(etag: &str) -> &str {
     etag.trim_matches('"')
+}
+
+/// Checks the ETag a write's answer states for the stored object against `expected`:
+/// `Ok(true)` when it matches, `Ok(false)` when the answer has none (the caller must look),
+/// a transient error when it differs.
+fn answered_etag(op: &str, key: &str, answered: Option<&str>, expected: &str) -> Result<bool, BlobError> {
+    let answered = unquote(answered.unwrap_or_default());
+    if answered.is_empty() {
+        return Ok(false);
+    }
+    if !answered.eq_ignore_ascii_case(expected) {
+        return Err(mismatch(format!("{op} {key}: ETag {answered}, expected {expected}")));
+    }
+    Ok(true)
 }
 
 fn mismatch(message: String) -> BlobError {

@@ -150,15 +150,21 @@ pub async fn publish_due(t: &Transfers, ch: &Channel) -> Result<usize, TransferE
 }
 
 /// `filestore transfer`: consumes jobs until `stop` fires (reconnecting while the broker is
-/// down), with the relay running beside it so retries get republished.
-pub async fn work(t: Transfers, mut stop: tokio::sync::watch::Receiver<bool>) {
-    tokio::spawn(relay(t.clone(), stop.clone()));
+/// down), with the relay running beside it so retries get republished. Returns once both
+/// have stopped (the relay after its last pass), so the caller may close the database.
+pub async fn work(t: Transfers, stop: tokio::sync::watch::Receiver<bool>) {
+    let relay = tokio::spawn(relay(t.clone(), stop.clone()));
+    consume_until_stopped(&t, stop).await;
+    let _ = relay.await;
+}
+
+async fn consume_until_stopped(t: &Transfers, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(500);
     loop {
         if *stop.borrow() {
             return;
         }
-        match consume(&t, &mut stop).await {
+        match consume(t, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "transfer worker: broker unavailable");
