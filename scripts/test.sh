@@ -85,6 +85,9 @@ log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 log "cargo test: the adapter crates (in-memory ports, real FUSE, litmus)"
+# The kill test runs the memmount example as its own process; `--all-targets` builds
+# examples only as test harnesses, so build the real one first.
+cargo build -p filestore-mount --example memmount
 cargo test -p filestore-webdav -p filestore-mount --all-targets --no-fail-fast
 
 log "cargo test: the server (SQLite and MariaDB, Redis, RabbitMQ, Ceph RGW, davfs2, rclone, Chromium)"
