@@ -3,7 +3,10 @@
 //!
 //! Clients send HTTP Basic credentials on every request. Verifying argon2id each time
 //! would cap the server at a few dozen requests per second, so a verified header is
-//! remembered for a minute, keyed by an HMAC of the header (never the password).
+//! remembered for a minute, keyed by an HMAC of the header (never the password), with the
+//! account and its root directory. Whether the account is still enabled is read again
+//! from the database at most once a second per header ([`USER_RECHECK`]), not on every
+//! request: a disabled account is refused within a second.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -87,6 +90,11 @@ impl CorePort {
     pub async fn new(drive: Arc<Drive>, user: User) -> Result<Self, MetaError> {
         let root = drive.meta().root(user.id).await?.id;
         Ok(CorePort { drive, user, root })
+    }
+
+    /// A port on a root directory id already known (a user's root never changes).
+    pub fn with_root(drive: Arc<Drive>, user: User, root: i64) -> Self {
+        CorePort { drive, user, root }
     }
 
     fn owner(&self) -> i64 {
@@ -285,11 +293,24 @@ impl DavPort for CorePort {
 /// Verified Basic credentials, remembered briefly by HMAC of the header.
 pub struct CredentialCache {
     key: [u8; 32],
-    entries: Mutex<HashMap<[u8; 32], (i64, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], Verified>>,
     ttl: Duration,
 }
 
+/// A verified header: the account as last read, its root directory, when the password was
+/// verified and when the account was last read.
+#[derive(Clone)]
+struct Verified {
+    user: User,
+    root: i64,
+    verified: Instant,
+    checked: Instant,
+}
+
 const CACHE_MAX: usize = 10_000;
+
+/// How long a cached account's `disabled` flag is trusted before it is read again.
+pub const USER_RECHECK: Duration = Duration::from_secs(1);
 
 impl CredentialCache {
     pub fn new(ttl: Duration) -> Self {
@@ -308,23 +329,47 @@ impl CredentialCache {
         m.finalize().into_bytes().into()
     }
 
-    fn get(&self, header: &[u8]) -> Option<i64> {
+    fn get(&self, header: &[u8]) -> Option<Verified> {
         let d = self.digest(header);
         let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&d).filter(|(_, at)| at.elapsed() < self.ttl).map(|(id, _)| *id)
+        map.get(&d).filter(|v| v.verified.elapsed() < self.ttl).cloned()
     }
 
-    fn put(&self, header: &[u8], user: i64) {
+    fn put(&self, header: &[u8], user: User, root: i64) {
         let d = self.digest(header);
+        let now = Instant::now();
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= CACHE_MAX {
             let ttl = self.ttl;
-            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            map.retain(|_, v| v.verified.elapsed() < ttl);
             if map.len() >= CACHE_MAX {
                 map.clear();
             }
         }
-        map.insert(d, (user, Instant::now()));
+        map.insert(
+            d,
+            Verified {
+                user,
+                root,
+                verified: now,
+                checked: now,
+            },
+        );
+    }
+
+    /// Records a fresh read of the account behind `header` (the password stays verified).
+    fn refresh(&self, header: &[u8], user: &User) {
+        let d = self.digest(header);
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = map.get_mut(&d) {
+            v.user = user.clone();
+            v.checked = Instant::now();
+        }
+    }
+
+    fn forget(&self, header: &[u8]) {
+        let d = self.digest(header);
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&d);
     }
 }
 
@@ -354,13 +399,14 @@ fn unauthorized(msg: &str) -> Response {
     r
 }
 
-/// The user of a WebDAV request: HTTP Basic (the accounts' passwords) or a Bearer token.
+/// The user of a WebDAV request, and their root directory if already known: HTTP Basic
+/// (the accounts' passwords) or a Bearer token.
 async fn authenticate(
     accounts: &Accounts,
     dav: &DavService,
     value: Option<HeaderValue>,
     ip: std::net::IpAddr,
-) -> Result<User, Response> {
+) -> Result<(User, Option<i64>), Response> {
     let Some(value) = value else {
         return Err(unauthorized("authentication required"));
     };
@@ -369,19 +415,28 @@ async fn authenticate(
         .to_str()
         .map_err(|_| unauthorized("malformed Authorization header"))?;
     if let Some(token) = text.strip_prefix("Bearer ") {
-        return accounts.authenticate(token.trim()).await.map_err(|e| auth_failure(&e));
+        return accounts
+            .authenticate(token.trim())
+            .await
+            .map(|u| (u, None))
+            .map_err(|e| auth_failure(&e));
     }
     let Some(b64) = text.strip_prefix("Basic ") else {
         return Err(unauthorized("use Basic or Bearer authentication"));
     };
     let m = crate::metrics::global();
-    if let Some(id) = dav.credentials.get(raw) {
+    if let Some(v) = dav.credentials.get(raw) {
         crate::metrics::add(&m.credential_cache_hits, 1);
+        if v.checked.elapsed() < USER_RECHECK {
+            return Ok((v.user, Some(v.root)));
+        }
         // Still enabled? One indexed lookup, far cheaper than argon2.
-        if let Ok(Some(u)) = accounts.meta().user_by_id(id).await {
-            if !u.disabled {
-                return Ok(u);
+        match accounts.meta().user_by_id(v.user.id).await {
+            Ok(Some(u)) if !u.disabled => {
+                dav.credentials.refresh(raw, &u);
+                return Ok((u, Some(v.root)));
             }
+            _ => dav.credentials.forget(raw),
         }
     }
     let decoded = base64::engine::general_purpose::STANDARD
@@ -397,8 +452,15 @@ async fn authenticate(
         .check_credentials(name, password, ip)
         .await
         .map_err(|e| auth_failure(&e))?;
-    dav.credentials.put(raw, user.id);
-    Ok(user)
+    let root = match accounts.meta().root(user.id).await {
+        Ok(r) => r.id,
+        Err(e) => {
+            tracing::error!(error = %e, "WebDAV: cannot open the user's tree");
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "storage unavailable").into_response());
+        }
+    };
+    dav.credentials.put(raw, user.clone(), root);
+    Ok((user, Some(root)))
 }
 
 fn auth_failure(e: &AuthError) -> Response {
@@ -427,16 +489,19 @@ pub async fn handle(State(st): State<crate::http::AppState>, req: Request) -> Re
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let user = match authenticate(&st.accounts, &st.dav, value, ip).await {
+    let (user, root) = match authenticate(&st.accounts, &st.dav, value, ip).await {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let port = match CorePort::new(st.drive.clone(), user.clone()).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "WebDAV: cannot open the user's tree");
-            return (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable").into_response();
-        }
+    let port = match root {
+        Some(root) => CorePort::with_root(st.drive.clone(), user.clone(), root),
+        None => match CorePort::new(st.drive.clone(), user.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "WebDAV: cannot open the user's tree");
+                return (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable").into_response();
+            }
+        },
     };
     let key = user.id.to_string();
     let dav_user = DavUser {

@@ -4,12 +4,19 @@
 //! # What an upload leaves behind if the process dies
 //! 1. While the body streams in: a temp file in `staging/incoming/`, nothing in the
 //!    database. The stale sweep removes the temp file.
-//! 2. After the temp file is complete and fsynced, before the transaction: the same.
-//! 3. Inside the transaction, after the bytes are linked into `staging/objects/` and before
-//!    the commit: the transaction rolls back, so no row and no entry; the linked object is
-//!    an orphan that the stale sweep removes (it has no row).
-//! 4. After the commit: the entry is visible and complete; only the temp file is left,
+//! 2. After the temp file is complete, before it is linked: the same.
+//! 3. New content only: after the temp file is fsynced and hard-linked into
+//!    `staging/objects/` (directory entries synced too), before the transaction: an object
+//!    that no row points at, an orphan that the stale sweep removes; no entry.
+//! 4. Inside the transaction, before the commit: the transaction rolls back, so no row and
+//!    no entry; the object (linked in step 3, or by the transaction itself if a concurrent
+//!    garbage collection removed it meanwhile) is an orphan that the stale sweep removes.
+//! 5. After the commit: the entry is visible and complete; only the temp file is left,
 //!    and the sweep removes it.
+//!
+//! Step 3 runs outside the metadata store's write gate and off the async threads, so the
+//! fsyncs of concurrent uploads overlap (the file system commits their journal entries
+//! together) instead of queueing one after another behind SQLite's single writer.
 //!
 //! At no point is an entry visible whose bytes are not all stored and fsynced.
 
@@ -124,8 +131,9 @@ impl Drive {
         self.check_target(user, &target).await?;
         let staged = self.staging.receive(body, self.max_upload).await?;
         failpoint("upload.staged");
-        // New content is synced here, outside the transaction, so the sync in `place`
-        // finds nothing left to flush while the row is locked; a dedup hit skips it.
+        // New content is synced and linked into the object store here (step 3 above),
+        // so that `place` in the transaction finds it there and has nothing to flush while
+        // the write gate is held; a dedup hit skips it.
         let stored = match self.meta.content(&staged.sha1).await? {
             Some(c) => c.store != "local" || self.staging.objects().contains(&c.sha1),
             None => false,
@@ -136,7 +144,13 @@ impl Drive {
             crate::metrics::add(&m.dedup_hits, 1);
             crate::metrics::add(&m.dedup_bytes_saved, staged.size);
         } else {
-            staged.sync().await.map_err(BlobError::from)?;
+            let objects = self.staging.objects().clone();
+            let (sha1, path) = (staged.sha1.clone(), staged.path().to_path_buf());
+            tokio::task::spawn_blocking(move || objects.place(&sha1, &path))
+                .await
+                .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+                .map_err(BlobError::from)?;
+            failpoint("upload.linked");
         }
         let content = NewContent {
             sha1: staged.sha1.clone(),

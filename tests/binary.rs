@@ -220,12 +220,20 @@ fn configuration_errors_name_the_key() {
 }
 
 /// The process aborts at each step of an upload; after a restart nothing partial is
-/// visible, a committed upload is complete, and the staging area ends up clean.
+/// visible, a committed upload is complete, and the staging area ends up clean. Both
+/// write paths: a streamed body (2 MB) and one received whole in memory (4 KiB).
 #[test]
 fn crash_at_each_upload_step() {
-    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    for size in [2_000_000u32, 4096] {
+        crash_at_each_upload_step_of(size);
+    }
+}
+
+fn crash_at_each_upload_step_of(size: u32) {
+    let payload: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
     for (step, visible) in [
         ("upload.staged", false),
+        ("upload.linked", false),
         ("upload.placed", false),
         ("upload.committed", true),
     ] {

@@ -202,6 +202,32 @@ async fn protocol(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED, "bob's tree is not locked by alice");
 
+    // A disabled account is refused although its credentials are cached (the cache
+    // re-reads the account at most once a second, so poll with a deadline).
+    let r = dav(&s, "PROPFIND", "/", "bob")
+        .header("depth", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::MULTI_STATUS);
+    let meta = s.running().services().meta.clone();
+    meta.set_user_disabled("bob", true).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = dav(&s, "PROPFIND", "/", "bob")
+            .header("depth", "0")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::MULTI_STATUS);
+        assert!(std::time::Instant::now() < deadline, "disabled account still served");
+        tokio::task::yield_now().await;
+    }
+    meta.set_user_disabled("bob", false).await.unwrap();
+
     // Dead properties are stored in the database and survive a restart.
     let patch = r#"<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:test"><D:set><D:prop><Z:colour>blue</Z:colour></D:prop></D:set></D:propertyupdate>"#;
     let r = dav(&s, "PROPPATCH", "/copy.txt", "alice")

@@ -19,6 +19,10 @@ const QUEUE: usize = 16;
 /// not have to flush a whole large upload at once.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
+/// Bodies up to this size are received whole before anything is written: for a small file
+/// the writer and hashing threads of a streamed upload cost more than the bytes.
+pub const SMALL_BODY: u64 = 256 << 10;
+
 /// `<root>/incoming` for uploads in progress, `<root>/parts` for chunked uploads (one
 /// sparse file per session, chunks written at their offsets), `<root>/objects` for
 /// committed content.
@@ -29,8 +33,9 @@ pub struct Staging {
     objects: LocalStore,
 }
 
-/// A fully received, fsynced upload with its hashes. The temp file is deleted when this is
-/// dropped, so an upload that fails or is refused leaves nothing behind.
+/// A fully received upload with its hashes, not yet synced (`LocalStore::place` does that).
+/// The temp file is deleted when this is dropped, so an upload that fails or is refused
+/// leaves nothing behind.
 #[derive(Debug)]
 pub struct StagedFile {
     path: PathBuf,
@@ -42,14 +47,6 @@ pub struct StagedFile {
 impl StagedFile {
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Flushes the bytes to disk (done off the async threads).
-    pub async fn sync(&self) -> std::io::Result<()> {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 }
 
@@ -98,7 +95,66 @@ impl Staging {
 
     /// Streams `body` into a new temp file, computing SHA-1, SHA-256 and size on the way. Over `limit` bytes the upload is refused with `TooLarge` and the temp
     /// file removed. Memory use is bounded by the queue, whatever the body's size.
+    ///
+    /// A body of at most [`SMALL_BODY`] bytes is gathered in memory first and then hashed
+    /// and written in one blocking call; a larger one streams through a writer thread.
     pub async fn receive<S, E>(&self, body: S, limit: Option<u64>) -> Result<StagedFile, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Display,
+    {
+        let mut body = std::pin::pin!(body);
+        let mut head = Vec::new();
+        let mut size = 0u64;
+        loop {
+            match body.next().await {
+                None => return self.write_small(head, size).await,
+                Some(Ok(chunk)) => {
+                    size += chunk.len() as u64;
+                    if let Some(limit) = limit.filter(|l| size > *l) {
+                        return Err(BlobError::TooLarge { limit });
+                    }
+                    head.push(chunk);
+                    if size > SMALL_BODY {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(BlobError::Body(e.to_string())),
+            }
+        }
+        let rest = futures_util::stream::iter(head.into_iter().map(Ok)).chain(body);
+        self.receive_stream(rest, limit).await
+    }
+
+    /// Hashes and writes a body received whole, off the async threads.
+    async fn write_small(&self, chunks: Vec<Bytes>, size: u64) -> Result<StagedFile, BlobError> {
+        let path = self.incoming.join(format!("{}.part", crate::util::random_hex(12)));
+        let target = path.clone();
+        let (sha1, sha256) = tokio::task::spawn_blocking(move || -> std::io::Result<(String, String)> {
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&target)?;
+            let mut guard = TempGuard(Some(target));
+            let (mut sha1, mut sha256) = (sha1::Sha1::new(), sha2::Sha256::new());
+            for chunk in &chunks {
+                sha1.update(chunk);
+                sha256.update(chunk);
+                file.write_all(chunk)?;
+            }
+            // Not synced here, like a streamed upload (see `write_and_hash`).
+            guard.0 = None;
+            Ok((hex::encode(sha1.finalize()), hex::encode(sha256.finalize())))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(format!("writer thread: {e}")))??;
+        Ok(StagedFile {
+            path,
+            sha1,
+            sha256,
+            size,
+        })
+    }
+
+    /// Streams `body` through the writer thread.
+    async fn receive_stream<S, E>(&self, body: S, limit: Option<u64>) -> Result<StagedFile, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: Display,
