@@ -204,6 +204,13 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
     let app = crate::http::router(state);
     let mut rx = stop_rx;
+    // A response goes out as headers, then body: with Nagle on, a small body waits behind
+    // the headers for the client's delayed ACK (40 ms per ranged read of a FUSE mount).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     let http = tokio::spawn(async move {
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {

@@ -5,8 +5,11 @@
 //! - `empty`: a zero-length file, the source of every `create`.
 //! - `<id>.data`: the local copy of entry `id` while it is open for writing.
 //! - `<id>.pending`: present while `<id>.data` holds changes not yet committed by the
-//!   port. Written (temp file, fsync, rename, directory fsync) when a spool first becomes
-//!   dirty, removed after the commit. Its presence is the journal: a restarted mount
+//!   port. Written (temp file, rename) when a spool first becomes dirty, removed after the
+//!   commit. Not fsynced: like the spool data it guards against the mount process dying
+//!   (the page cache survives that), not against a power loss, after which only what
+//!   close/fsync committed to the server counts; two fsyncs per written file would cost
+//!   more than the upload of a small one. Its presence is the journal: a restarted mount
 //!   uploads every `<id>.data` that has one, and deletes every other `.data`.
 //! - `lost/`: pending files whose entry was deleted while the mount was down, kept for the
 //!   user instead of being resurrected in the tree.
@@ -94,15 +97,11 @@ impl Journal {
         self.dir.join(format!("{id}.pending"))
     }
 
-    /// Records durably that `<id>.data` must be uploaded.
+    /// Records that `<id>.data` must be uploaded (atomically: a record is whole or absent).
     pub(crate) fn mark_pending(&self, p: &Pending) -> io::Result<()> {
         let tmp = self.dir.join(format!("{}.pending.tmp", p.id));
-        let mut f = File::create(&tmp)?;
-        f.write_all(p.encode().as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.pending_path(p.id))?;
-        // The rename itself must reach the disk before we rely on it.
-        File::open(&self.dir)?.sync_all()
+        File::create(&tmp)?.write_all(p.encode().as_bytes())?;
+        fs::rename(&tmp, self.pending_path(p.id))
     }
 
     /// Whether `<id>.data` holds changes a previous run or a failed commit left.
