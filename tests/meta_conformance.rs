@@ -385,8 +385,77 @@ async fn cancelled_writes(backend: Backend) {
     db.cleanup().await;
 }
 
+/// Adding, removing or renaming an entry sets its directory's mtime and ctime to the
+/// time of the change (POSIX); replacing a file's content leaves the directory alone.
+/// Each directory is first given an old mtime, so no clock has to tick between steps.
+async fn directory_times(backend: Backend) {
+    let Some((meta, db)) = store(backend).await else { return };
+    let u = meta.create_user("times", "h", false).await.unwrap();
+    let root = meta.root(u.id).await.unwrap();
+    let a = meta.mkdir(u.id, root.id, "a", 0o755).await.unwrap();
+    let b = meta.mkdir(u.id, root.id, "b", 0o755).await.unwrap();
+    let age = |id: i64| {
+        let meta = &meta;
+        async move {
+            meta.set_attrs(u.id, id, None, Some(1)).await.unwrap();
+            filestore::meta::now_ms()
+        }
+    };
+    let times = |id: i64| {
+        let meta = &meta;
+        async move {
+            let e = meta.entry(u.id, id).await.unwrap().unwrap();
+            (e.mtime, e.ctime)
+        }
+    };
+    let changed = |(mtime, ctime): (i64, i64), since: i64, what: &str| {
+        assert!(
+            mtime >= since && ctime == mtime,
+            "{what}: mtime {mtime}, ctime {ctime}, since {since}"
+        );
+    };
+
+    let t = age(a.id).await;
+    let sub = meta.mkdir(u.id, a.id, "sub", 0o755).await.unwrap();
+    changed(times(a.id).await, t, "mkdir");
+    let t = age(a.id).await;
+    let f = put(&meta, u.id, a.id, "f", &content("one")).await.unwrap();
+    changed(times(a.id).await, t, "create");
+    age(a.id).await;
+    let replace = CommitFile {
+        owner: u.id,
+        parent: a.id,
+        name: "f".into(),
+        content: content("two"),
+        conflict: Conflict::Replace,
+        mode: 0o644,
+        mtime: None,
+    };
+    meta.commit_file(&replace, &no_place).await.unwrap();
+    assert_eq!(times(a.id).await.0, 1, "a new content is no change of the directory");
+    let (ta, tb) = (age(a.id).await, age(b.id).await);
+    meta.rename(u.id, f.id, b.id, "g", Overwrite::Posix).await.unwrap();
+    changed(times(a.id).await, ta, "rename out of");
+    changed(times(b.id).await, tb, "rename into");
+    let t = age(b.id).await;
+    meta.rename(u.id, f.id, b.id, "h", Overwrite::Posix).await.unwrap();
+    changed(times(b.id).await, t, "rename within");
+    let t = age(b.id).await;
+    meta.delete(u.id, f.id, false).await.unwrap();
+    changed(times(b.id).await, t, "unlink");
+    let t = age(a.id).await;
+    meta.delete(u.id, sub.id, false).await.unwrap();
+    changed(times(a.id).await, t, "rmdir");
+    let t = age(root.id).await;
+    meta.copy(u.id, a.id, root.id, "c", Overwrite::No).await.unwrap();
+    changed(times(root.id).await, t, "copy into");
+    meta.close().await;
+    db.cleanup().await;
+}
+
 both_backends! {
     cancelled_writes_leave_no_open_transaction => cancelled_writes;
+    directory_times_follow_their_entries => directory_times;
     accounts => accounts_and_tokens;
     tree => tree_operations;
     owners_are_isolated => isolation;

@@ -125,6 +125,7 @@ impl MetaStore {
         dir(&mut tx, owner, parent).await?;
         let id = insert(&mut tx, owner, parent, name, EntryKind::Dir, None, 0, mode, now, now).await?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
+        touch_dirs(&mut tx, owner, &[parent], now).await?;
         tx.commit().await?;
         Ok(e)
     }
@@ -177,6 +178,7 @@ impl MetaStore {
                 find(&mut tx, req.owner, req.parent, &req.name).await?
             }
         };
+        let added = existing.is_none() || req.conflict == Conflict::Rename;
         let id = match (existing, req.conflict) {
             (None, Conflict::Entry(_)) => return Err(MetaError::NotFound),
             (None, _) => {
@@ -230,6 +232,9 @@ impl MetaStore {
             }
         };
         let entry = get(&mut tx, req.owner, id).await?.ok_or(MetaError::NotFound)?;
+        if added {
+            touch_dirs(&mut tx, req.owner, &[req.parent], now).await?;
+        }
         place(&content)?;
         if self.outbox && content.store == "local" {
             Self::enqueue_transfer(&mut tx, &c.sha1, now).await?;
@@ -291,6 +296,9 @@ impl MetaStore {
             .await
             .map_err(unique)?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
+        if let Some(old_parent) = src.parent {
+            touch_dirs(&mut tx, owner, &[old_parent, new_parent], now).await?;
+        }
         tx.commit().await?;
         Ok(e)
     }
@@ -358,6 +366,7 @@ impl MetaStore {
             }
         }
         let e = get(&mut tx, owner, new_id).await?.ok_or(MetaError::NotFound)?;
+        touch_dirs(&mut tx, owner, &[new_parent], now).await?;
         tx.commit().await?;
         Ok(e)
     }
@@ -386,6 +395,9 @@ impl MetaStore {
             return Err(MetaError::NotEmpty);
         }
         let stats = remove_subtree(&mut tx, owner, id, now).await?;
+        if let Some(parent) = e.parent {
+            touch_dirs(&mut tx, owner, &[parent], now).await?;
+        }
         tx.commit().await?;
         Ok(stats)
     }
@@ -445,6 +457,26 @@ async fn dir(c: &mut Conn, owner: i64, id: i64) -> Result<Entry, MetaError> {
         return Err(MetaError::NotADirectory);
     }
     Ok(e)
+}
+
+/// Directories whose entries changed (one added, removed or renamed): their mtime and
+/// ctime become `now`, as POSIX says. Last in a transaction, and in id order, so that
+/// the directory rows stay locked briefly and always in the same order.
+async fn touch_dirs(c: &mut Conn, owner: i64, dirs: &[i64], now: i64) -> Result<(), MetaError> {
+    let mut ids = dirs.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        sqlx::query("UPDATE entries SET mtime = ?, ctime = ? WHERE id = ? AND owner = ? AND kind = ?")
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .bind(owner)
+            .bind(EntryKind::Dir.code())
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
