@@ -462,6 +462,11 @@ struct Env {
 
 impl Env {
     fn new(backend: Backend) -> Option<Env> {
+        Env::with(backend, &[])
+    }
+
+    /// Like `new`, with more `FILESTORE_*` settings for the server.
+    fn with(backend: Backend, server_env: &[(String, String)]) -> Option<Env> {
         require_fuse();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -470,7 +475,9 @@ impl Env {
         let db = rt.block_on(TestDb::new(backend))?;
         let dir = db.dir.path().to_path_buf();
         let url = db.url.clone();
-        let server = Server::start(&dir.join("data"), &[("FILESTORE_DATABASE__URL", &url)]);
+        let mut senv: Vec<(&str, &str)> = vec![("FILESTORE_DATABASE__URL", &url)];
+        senv.extend(server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let server = Server::start(&dir.join("data"), &senv);
         server.add_user("alice");
         Some(Env {
             rt,
@@ -1047,4 +1054,118 @@ fn local_mount_beside_the_server() {
     assert!(api.stat("/local/again.txt").is_none());
     assert_eq!(errno(fs::remove_dir(m.path("local"))), libc::ENOTEMPTY);
     m.stop();
+}
+
+/// `scripts/ceph-rgw.sh start` (idempotent, shared by the test binaries): the server
+/// settings for a bucket of the caller's own on the local Ceph RGW. Ceph must be installed
+/// (`scripts/ceph-rgw.sh install`, which the test command runs): this fails, never skips.
+fn ceph_s3_settings(bucket: &str) -> Vec<(String, String)> {
+    let dir = std::env::var("FILESTORE_TEST_CEPH_DIR").unwrap_or_else(|_| "/tmp/filestore-ceph".into());
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph-rgw.sh"))
+        .args(["start", &dir])
+        .output()
+        .expect("run scripts/ceph-rgw.sh");
+    assert!(
+        out.status.success(),
+        "Ceph RGW did not start:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exports = String::from_utf8(out.stdout).unwrap();
+    let var = |name: &str| {
+        exports
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+            .unwrap_or_else(|| panic!("ceph-rgw.sh exported no {name}"))
+    };
+    [
+        ("FILESTORE_S3__ENDPOINT", var("S3_ENDPOINT")),
+        ("FILESTORE_S3__REGION", var("S3_REGION")),
+        ("FILESTORE_S3__ACCESS_KEY", var("AWS_ACCESS_KEY_ID")),
+        ("FILESTORE_S3__SECRET_KEY", var("AWS_SECRET_ACCESS_KEY")),
+        ("FILESTORE_S3__BUCKET", bucket.to_string()),
+        ("FILESTORE_S3__PART_SIZE", (5u64 << 20).to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Content the server has moved to S3 (Ceph RGW; its staging copy gone) read through a
+/// mount started afterwards, so nothing is cached: whole files, and ranges (pread across
+/// the 5 MiB part boundary and the mount's block boundaries, backwards, the tail, past
+/// the end), each compared with the bytes written.
+#[test]
+fn reads_content_that_lives_in_s3() {
+    let _serial = serial();
+    let bucket = format!("fsmount-{}", filestore::util::random_hex(5));
+    let env = Env::with(Backend::Sqlite, &ceph_s3_settings(&bucket)).unwrap();
+    let api = env.api();
+    let big = pattern((12 << 20) + 12_345, 61);
+    let small = pattern(3000, 62);
+    api.mkdir("/s3");
+    api.put("/s3/big.bin", &big);
+    api.put("/s3/small.txt", &small);
+
+    let db_url = env.db.as_ref().unwrap().url.clone();
+    let meta = env
+        .rt
+        .block_on(filestore::meta::MetaStore::connect(&db_url, 1))
+        .unwrap();
+    let staged = |b: &[u8]| {
+        let h = sha1_hex(b);
+        env.server
+            .data
+            .join("staging/objects")
+            .join(&h[..2])
+            .join(&h[2..4])
+            .join(&h)
+    };
+    let in_s3 = |b: &[u8]| {
+        let c = env.rt.block_on(meta.content(&sha1_hex(b))).unwrap().unwrap();
+        c.store == "s3" && !staged(b).exists()
+    };
+    wait_until(
+        "both contents to be moved to S3 and their staging copies removed",
+        Duration::from_secs(180),
+        || in_s3(&big) && in_s3(&small),
+    );
+
+    let mut m = env.mount("m", &[]);
+    assert_eq!(fs::read(m.path("s3/small.txt")).unwrap(), small);
+    let f = File::open(m.path("s3/big.bin")).unwrap();
+    let part = 5usize << 20;
+    let block = filestore_mount::BLOCK_SIZE as usize;
+    let ranges = [
+        (big.len() - 100, 100),    // the tail first: a cold, non-sequential start
+        (part - 10, 20),           // across the first multipart boundary
+        (2 * part - 1, block + 2), // across a part and two blocks
+        (block - 1, 2),
+        (0, 1),
+        (7_000_001, 1 << 20),
+        (3 * block + 5, 1000),
+    ];
+    for (off, len) in ranges {
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off as u64).unwrap();
+        assert!(buf == big[off..off + len], "pread of {len} bytes at {off}");
+    }
+    let mut buf = [0u8; 10];
+    assert_eq!(f.read_at(&mut buf, big.len() as u64 + 5).unwrap(), 0, "past the end");
+    let mut tail = [0u8; 64];
+    assert_eq!(
+        f.read_at(&mut tail, big.len() as u64 - 7).unwrap(),
+        7,
+        "short read at the end"
+    );
+    assert_eq!(tail[..7], big[big.len() - 7..]);
+    drop(f);
+    let whole = fs::read(m.path("s3/big.bin")).unwrap();
+    assert!(whole == big, "the whole file read back from S3");
+    // Reading moved nothing back to staging.
+    assert!(in_s3(&big) && in_s3(&small));
+    m.stop();
+    env.rt.block_on(meta.close());
 }
