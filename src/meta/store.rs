@@ -127,6 +127,9 @@ impl MetaStore {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
+            // A SQLite connection is a thread of this process: it cannot go away, and the
+            // ping before each acquire would cost one more hop to that thread per query.
+            .test_before_acquire(dialect != Dialect::Sqlite)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
