@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::cache::{nz, BlockCache, ReadAhead, BLOCK_SIZE};
-use crate::journal::{now_ms, sha1_file, Journal, Pending};
+use crate::journal::{now_ms, sha1_file, Journal, Pending, RunningSha1};
 use crate::port::{
     Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, EMPTY_SHA1, NAME_MAX,
 };
@@ -201,6 +201,8 @@ struct Spool {
     mtime_ms: i64,
     /// An explicit utimens while dirty: the commit records this time, not the write time.
     explicit_mtime: Option<i64>,
+    /// The SHA-1 of the spool so far while it is written front to back.
+    running: Option<RunningSha1>,
 }
 
 /// What getattr needs without waiting on an upload in progress.
@@ -478,6 +480,9 @@ impl Fs {
             self.resize(sp, size)?;
             sp.file.set_len(size)?;
             sp.size = size;
+            if !sp.running.as_ref().is_some_and(|r| r.keeps(size)) {
+                sp.running = (size == 0).then(RunningSha1::new);
+            }
             self.mark_dirty(&of, sp)?;
             // With no writer open, nobody will close it: commit now (truncate(2)).
             if st.writers == 0 {
@@ -739,6 +744,7 @@ impl Fs {
                     let sp = st.spool.as_mut().ok_or(FsError::BadHandle)?;
                     sp.file.set_len(0)?;
                     sp.size = 0;
+                    sp.running = Some(RunningSha1::new());
                     self.mark_dirty(&of, sp)?;
                 }
                 st.writers += 1;
@@ -823,6 +829,7 @@ impl Fs {
                     journaled: true,
                     mtime_ms: now_ms(),
                     explicit_mtime: None,
+                    running: None,
                 });
                 let mut sh = lock(&of.shadow);
                 sh.spool_size = Some(size);
@@ -841,6 +848,7 @@ impl Fs {
                 .truncate(true)
                 .open(&path)?;
             let sha1 = e.sha1.as_deref().unwrap_or(EMPTY_SHA1);
+            let mut running = RunningSha1::new();
             let mut off = 0;
             while off < copy {
                 let chunk = (copy - off).min(8 << 20);
@@ -851,13 +859,14 @@ impl Fs {
                     )));
                 }
                 file.write_all_at(&data, off)?;
+                running.write(off, &data);
                 off += data.len() as u64;
             }
-            Ok::<_, FsError>(file)
+            Ok::<_, FsError>((file, running))
         }
         .await;
         match made {
-            Ok(file) => {
+            Ok((file, running)) => {
                 st.spool = Some(Spool {
                     file,
                     size: copy,
@@ -866,6 +875,7 @@ impl Fs {
                     journaled: false,
                     mtime_ms: e.mtime_ms,
                     explicit_mtime: None,
+                    running: Some(running),
                 });
                 lock(&of.shadow).spool_size = Some(copy);
                 Ok(())
@@ -900,7 +910,10 @@ impl Fs {
         let Some(sp) = st.spool.as_mut().filter(|s| s.dirty) else {
             return Ok(());
         };
-        let sha1 = sha1_file(&mut sp.file)?;
+        let sha1 = match &sp.running {
+            Some(r) => r.finish(&sp.file, sp.size)?,
+            None => sha1_file(&mut sp.file)?,
+        };
         let path = self.journal.data_path(of.id);
         let put = PutFile {
             target: PutTarget::Replace { id: of.id },
@@ -1043,6 +1056,9 @@ impl Fs {
             .ok_or(FsError::Invalid("offset overflow"))?;
         self.reserve(sp, end)?;
         sp.file.write_all_at(data, offset)?;
+        if sp.running.as_mut().is_some_and(|r| !r.write(offset, data)) {
+            sp.running = None;
+        }
         sp.size = sp.size.max(end);
         self.mark_dirty(of, sp)?;
         Ok(data.len() as u32)

@@ -186,6 +186,56 @@ pub(crate) fn sha1_file(file: &mut File) -> io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// SHA-1 of a spool's bytes `[0, upto)`, fed by writes as they arrive, so that the commit
+/// of a file written front to back does not read the whole spool again. The owner must
+/// drop it when bytes below `upto` change (an overwrite, a truncate below `upto`); bytes
+/// past `upto` may change freely (holes, writes out of order): they are read at the end.
+#[derive(Clone)]
+pub(crate) struct RunningSha1 {
+    hasher: Sha1,
+    upto: u64,
+}
+
+impl RunningSha1 {
+    pub(crate) fn new() -> Self {
+        RunningSha1 {
+            hasher: Sha1::new(),
+            upto: 0,
+        }
+    }
+
+    /// Takes a write of `data` at `offset`; false if it invalidates the hash.
+    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> bool {
+        if offset == self.upto {
+            self.hasher.update(data);
+            self.upto += data.len() as u64;
+            return true;
+        }
+        offset > self.upto || data.is_empty()
+    }
+
+    /// Whether the file may be cut to `size` without invalidating the hash.
+    pub(crate) fn keeps(&self, size: u64) -> bool {
+        size >= self.upto
+    }
+
+    /// The SHA-1 of the first `size` bytes of `file`: the running hash plus what lies
+    /// between `upto` and `size`, read from the file.
+    pub(crate) fn finish(&self, file: &File, size: u64) -> io::Result<String> {
+        use std::os::unix::fs::FileExt;
+        let mut hasher = self.hasher.clone();
+        let mut off = self.upto;
+        let mut buf = vec![0u8; (size.saturating_sub(off)).min(1 << 20) as usize];
+        while off < size {
+            let n = (size - off).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], off)?;
+            hasher.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(hex(&hasher.finalize()))
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -246,5 +296,35 @@ mod tests {
     fn hashes() {
         assert_eq!(sha1_bytes(b""), crate::port::EMPTY_SHA1);
         assert_eq!(sha1_bytes(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+
+    /// The running hash agrees with a full hash of the file after sequential writes,
+    /// writes out of order and holes, and refuses an overwrite of hashed bytes.
+    #[test]
+    fn running_sha1_follows_the_file() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut r = RunningSha1::new();
+        let write = |r: &mut RunningSha1, off: usize, len: usize| {
+            file.write_all_at(&data[off..off + len], off as u64).unwrap();
+            r.write(off as u64, &data[off..off + len])
+        };
+        assert!(write(&mut r, 0, 1000));
+        assert!(write(&mut r, 5000, 2000), "a write past the hashed part (out of order)");
+        assert!(write(&mut r, 1000, 4000));
+        assert!(write(&mut r, 2_000_000, 1000), "a hole");
+        let mut f = file.try_clone().unwrap();
+        let size = 2_001_000;
+        assert_eq!(r.finish(&f, size).unwrap(), sha1_file(&mut f).unwrap());
+        assert!(r.keeps(size) && !r.keeps(4999));
+        assert!(!r.write(10, &data[10..20]), "an overwrite of hashed bytes");
     }
 }
