@@ -125,6 +125,20 @@ impl DavPort for CorePort {
             .map(dav_entry))
     }
 
+    /// One query for the whole path instead of one per component.
+    async fn resolve(&self, from: EntryId, names: &[&str]) -> Result<Option<DavEntry>, PortError> {
+        if names.is_empty() {
+            return self.get(from).await.map(Some);
+        }
+        Ok(self
+            .drive
+            .meta()
+            .resolve_names(self.owner(), from, names)
+            .await
+            .map_err(meta_err)?
+            .map(dav_entry))
+    }
+
     async fn list(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<DavEntry>, PortError> {
         let page = self
             .drive

@@ -453,7 +453,47 @@ async fn directory_times(backend: Backend) {
     db.cleanup().await;
 }
 
+/// A path resolved in one query agrees with a lookup per component, at any depth.
+async fn path_resolution(backend: Backend) {
+    let Some((meta, db)) = store(backend).await else { return };
+    let u = meta.create_user("walker", "h", false).await.unwrap();
+    let other = meta.create_user("other", "h", false).await.unwrap();
+    let root = meta.root(u.id).await.unwrap();
+    // 19 nested directories (more than one query's worth), a file at the bottom.
+    let mut names = Vec::new();
+    let mut dir = root.clone();
+    for i in 0..19 {
+        let name = format!("d{i}");
+        dir = meta.mkdir(u.id, dir.id, &name, 0o755).await.unwrap();
+        names.push(name);
+    }
+    let file = put(&meta, u.id, dir.id, "f", &content("deep")).await.unwrap();
+    names.push("f".into());
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    for depth in 1..=all.len() {
+        let mut expect = root.clone();
+        for name in &all[..depth] {
+            expect = meta.lookup(u.id, expect.id, name).await.unwrap().unwrap();
+        }
+        let got = meta.resolve_names(u.id, root.id, &all[..depth]).await.unwrap();
+        assert_eq!(got, Some(expect), "depth {depth}");
+    }
+    assert_eq!(
+        meta.resolve_names(u.id, root.id, &all[..]).await.unwrap().unwrap().id,
+        file.id
+    );
+    // A missing component, a file in the middle, another owner: nothing.
+    assert_eq!(meta.resolve_names(u.id, root.id, &["d0", "nope"]).await.unwrap(), None);
+    let mut through_file = all.clone();
+    through_file.push("below");
+    assert_eq!(meta.resolve_names(u.id, root.id, &through_file).await.unwrap(), None);
+    assert_eq!(meta.resolve_names(other.id, root.id, &all[..3]).await.unwrap(), None);
+    meta.close().await;
+    db.cleanup().await;
+}
+
 both_backends! {
+    paths_resolve_in_one_query => path_resolution;
     cancelled_writes_leave_no_open_transaction => cancelled_writes;
     directory_times_follow_their_entries => directory_times;
     accounts => accounts_and_tokens;

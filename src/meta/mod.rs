@@ -13,6 +13,7 @@
 mod error;
 mod outbox;
 mod props;
+mod resolve;
 mod sessions;
 mod store;
 mod tree;
