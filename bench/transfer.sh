@@ -138,7 +138,7 @@ cleanup() {
   for q in "$Q_QUEUE" "$Q_DLQ"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1; done
   if [ $CEPH_STARTED = 1 ] && [ $KEEP_CEPH = 0 ]; then
     log "stopping the Ceph cluster in $CEPH_DIR"
-    "$REPO/scripts/ceph-rgw.sh" stop "$CEPH_DIR" || log "could not stop Ceph in $CEPH_DIR"
+    ceph_rgw stop "$CEPH_DIR" || log "could not stop Ceph in $CEPH_DIR"
   fi
   if [ $rc != 0 ] && [ -d "$WORK" ]; then
     for f in "$WORK"/*.log; do
@@ -152,13 +152,25 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if ! "$REPO/scripts/ceph-rgw.sh" env "$CEPH_DIR" >/dev/null 2>&1; then
+# The Ceph daemons must inherit no descriptor beyond stdio: the caller's lock
+# (flock -x /tmp/filestore-bench.lock bench/transfer.sh --keep-ceph) would otherwise live as
+# long as the cluster, and nobody could take it again.
+ceph_rgw() {
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    exec "$REPO/scripts/ceph-rgw.sh" "$@"
+  )
+}
+if ! ceph_rgw env "$CEPH_DIR" >/dev/null 2>&1; then
   CEPH_STARTED=1
   export CEPH_RGW_PORT=${CEPH_RGW_PORT:-38480} CEPH_MON_PORT=${CEPH_MON_PORT:-38490}
   export CEPH_MEMSTORE_BYTES=${CEPH_MEMSTORE_BYTES:-$((8 << 30))}
   log "starting Ceph RGW in $CEPH_DIR (S3 on 127.0.0.1:$CEPH_RGW_PORT)"
 fi
-CEPH_ENV=$("$REPO/scripts/ceph-rgw.sh" start "$CEPH_DIR") || die "Ceph RGW did not start (logs in $CEPH_DIR/log)"
+CEPH_ENV=$(ceph_rgw start "$CEPH_DIR") || die "Ceph RGW did not start (logs in $CEPH_DIR/log)"
 eval "$CEPH_ENV"
 log "S3 at $S3_ENDPOINT, bucket $BUCKET"
 "$AWS" --endpoint-url "$S3_ENDPOINT" s3 mb "s3://$BUCKET" >/dev/null || die "could not create bucket $BUCKET"
