@@ -15,6 +15,8 @@ Basic auth on every request. Each round, with the server order rotating from rou
   wrkput    PUT of new unique 4 KiB random files by wrk (bench/wrk_put.lua) into a new subcollection;
             then the collection is deleted (untimed).
 
+`sync` runs before each server's 1 GiB PUT and before each of its 4 KiB PUT loads, so that no
+server starts while the previous one's dirty pages are still being written back.
 The servers' RSS (process tree, sampled every 10 ms) and CPU are recorded for every measurement.
 Once, before the rounds: filestore's credential cache, as the time of a first Basic-auth request
 of a second user (one argon2 verification) next to the median of cached requests; and over the
@@ -233,6 +235,7 @@ def main():
         row, rawrow = {}, {}
         for t in order:
             rel = "large-r%d.bin" % rnd
+            os.sync()  # nobody starts with the previous server's dirty pages still being written back
             put = curl(t, rel, put_src=src)
             must(put["code"], (200, 201, 204), "PUT %s on %s" % (rel, t["name"]))
             get = curl(t, rel)
@@ -252,6 +255,7 @@ def main():
             coll = "small-r%d" % rnd
             st, _ = request(t, "MKCOL", coll + "/")
             must(st, (201,), "MKCOL %s on %s" % (coll, t["name"]))
+            os.sync()
             with Measure(t) as m:
                 pp = core.small_put(t, coll, a.small_count, 4096, a.concurrency, 2)
             pp.update(m.res)
@@ -263,6 +267,7 @@ def main():
                      count=a.small_count)
             st, _ = request(t, "MKCOL", coll + "/wput/")
             must(st, (201,), "MKCOL %s/wput on %s" % (coll, t["name"]))
+            os.sync()
             wp = wrk(t, coll + "/wput", a.wrk_seconds, a.concurrency, 4096, os.path.join(HERE, "wrk_put.lua"))
             st, _ = request(t, "DELETE", coll + "/")
             must(st, (200, 204), "DELETE %s on %s" % (coll, t["name"]))
