@@ -29,6 +29,11 @@ pub struct MountConfig {
     /// Largest read-ahead window; the window starts at one block and doubles on each
     /// sequential read.
     pub read_ahead_max: u64,
+    /// The kernel's read-ahead for this mount (the bdi's `read_ahead_kb`), which is also the
+    /// size of its read requests: the kernel starts FUSE mounts at 128 KiB, one request
+    /// per 128 KiB read. Set when the mount starts if the process may (root); 0 leaves the
+    /// kernel's value.
+    pub kernel_read_ahead: u64,
     /// Entries asked for per `list` call while reading a directory.
     pub list_page_size: usize,
     /// Threads serving FUSE requests (each blocks on one request at a time).
@@ -42,7 +47,8 @@ pub struct MountConfig {
 }
 
 impl MountConfig {
-    /// Defaults: 256 MiB cache, 10 GiB spool, 4 uploads, 1 s TTLs, 8 MiB read-ahead,
+    /// Defaults: 256 MiB cache, 10 GiB spool, 4 uploads, 1 s TTLs, 8 MiB read-ahead (1 MiB
+    /// in the kernel),
     /// pages of 1000 entries, 8 threads, owned by the calling user.
     pub fn new(spool_dir: impl Into<PathBuf>) -> Self {
         // SAFETY: geteuid/getegid cannot fail and touch no memory.
@@ -57,6 +63,7 @@ impl MountConfig {
             allow_other: false,
             default_permissions: false,
             read_ahead_max: 8 << 20,
+            kernel_read_ahead: 1 << 20,
             list_page_size: 1000,
             threads: 8,
             uid,

@@ -168,6 +168,9 @@ pub fn mount(
             r
         })
         .map_err(MountError::Start)?;
+    if config.kernel_read_ahead > 0 {
+        set_kernel_read_ahead(&mountpoint, config.kernel_read_ahead);
+    }
     info!(mountpoint = %mountpoint.display(), resumed, "mounted");
     Ok(MountHandle {
         mountpoint,
@@ -178,6 +181,28 @@ pub fn mount(
         resumed,
         _own_rt: own_rt,
     })
+}
+
+/// Sets the read-ahead of the mount's backing device (`/sys/class/bdi/MAJ:MIN`), found in
+/// /proc/self/mountinfo so that nothing asks the FUSE session, which may not run yet.
+/// Failure (not root, no sysfs) only costs speed.
+fn set_kernel_read_ahead(mountpoint: &Path, bytes: u64) {
+    let want = mountpoint.display().to_string();
+    let dev = std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|info| {
+        info.lines().rev().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4).map(|m| m.replace("\\040", " ")) == Some(want.clone())).then(|| f[2].to_owned())
+        })
+    });
+    let Some(dev) = dev else {
+        tracing::debug!(mountpoint = %want, "not in mountinfo: kernel read-ahead left as is");
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, format!("{}\n", bytes.div_ceil(1024))) {
+        Ok(()) => tracing::debug!(path, bytes, "kernel read-ahead set"),
+        Err(e) => tracing::debug!(path, error = %e, "kernel read-ahead left as is"),
+    }
 }
 
 impl MountHandle {

@@ -286,3 +286,29 @@ fn unlinked_open_file_keeps_working_and_vanishes() {
     assert!(m.tree.content("f").is_none());
     assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0);
 }
+
+/// The read-ahead of the mount's backing device in sysfs, in KiB.
+fn kernel_read_ahead_kb(mnt: &std::path::Path) -> u64 {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_str().unwrap();
+    let dev = info
+        .lines()
+        .rev()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&want))
+        .map(|f| f[2].to_owned())
+        .expect("the mount in mountinfo");
+    let kb = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    kb.trim().parse().unwrap()
+}
+
+/// The mount raises the kernel's read-ahead (so that reads arrive as 1 MiB requests, not
+/// 128 KiB ones) as configured, and 0 leaves the kernel's own value.
+#[test]
+fn kernel_read_ahead_is_configured() {
+    let m = TestMount::with(|c| c.kernel_read_ahead = 2 << 20);
+    assert_eq!(kernel_read_ahead_kb(&m.mnt), 2048);
+    drop(m);
+    let m = TestMount::with(|c| c.kernel_read_ahead = 0);
+    assert_eq!(kernel_read_ahead_kb(&m.mnt), 128, "the kernel's default for FUSE");
+}
