@@ -7,13 +7,15 @@ Basic auth on every request. Each round, with the server order rotating from rou
 
   large     a fresh 1 GiB random file (so filestore's dedup gets no free hit) is PUT to each server
             with `curl -T` (streamed, `Expect:` suppressed), then downloaded with curl -o /dev/null
-            (timed), then downloaded again untimed and its SHA-1 checked; then deleted.
+            (timed), then downloaded again untimed and its SHA-1 checked.
   small     per server, in a new collection: N x 4 KiB fresh random files PUT by 16 python clients
             (2 processes x 8 threads, keep-alive), which also populates the collection; then
   propfind  PROPFIND Depth: 1 of the collection (N + 1 responses; 1 warm-up, median of 5);
   wrkget    GET of those files round-robin by wrk (C client, 2 threads, 16 connections, fixed time);
-  wrkput    PUT of new unique 4 KiB random files by wrk (bench/wrk_put.lua) into a new subcollection;
-            then the collection is deleted (untimed).
+  wrkput    PUT of new unique 4 KiB random files by wrk (bench/wrk_put.lua) into a new subcollection.
+
+Everything is deleted after the last round (untimed), not in between: on an ext4 mounted with
+`discard`, freeing a gigabyte or thousands of files slows the next server's writes.
 
 `sync` runs before each server's 1 GiB PUT and before each of its 4 KiB PUT loads, so that no
 server starts while the previous one's dirty pages are still being written back.
@@ -244,8 +246,6 @@ def main():
                 core.problem("%s: PUT sent %d, GET got %d of %d bytes" % (t["name"], put["bytes"], get["bytes"], nbytes))
             if not core.verify_get(t, rel, sha1):
                 core.problem("%s round %d: the 1 GiB file read back differs from what was PUT" % (t["name"], rnd + 1))
-            st, _ = request(t, "DELETE", rel)
-            must(st, (200, 204), "DELETE %s on %s" % (rel, t["name"]))
             row[t["name"]] = dict(large_put=put["MBps"], large_get=get["MBps"])
             rawrow[t["name"]] = dict(large_put=put, large_get=get)
             log("  %-9s PUT %7.1f MB/s  GET %7.1f MB/s  (RSS peak %.1f MiB)"
@@ -269,8 +269,6 @@ def main():
             must(st, (201,), "MKCOL %s/wput on %s" % (coll, t["name"]))
             os.sync()
             wp = wrk(t, coll + "/wput", a.wrk_seconds, a.concurrency, 4096, os.path.join(HERE, "wrk_put.lua"))
-            st, _ = request(t, "DELETE", coll + "/")
-            must(st, (200, 204), "DELETE %s on %s" % (coll, t["name"]))
             row[t["name"]].update(small_put_py=pp["files_per_s"], propfind=pf["ms"], small_get=wg["per_s"],
                                   small_put=wp["per_s"])
             rawrow[t["name"]].update(small_put_py=pp, propfind=pf, small_get=wg, small_put=wp)
@@ -279,6 +277,13 @@ def main():
         R.append(row)
         raw.append(rawrow)
 
+    # Deleted only now: on this machine's ext4 (mounted with `discard`) freeing a gigabyte or
+    # thousands of files slows the journal, and with it whichever server is measured next.
+    for rnd in range(a.rounds):
+        for t in targets:
+            for rel in ("large-r%d.bin" % rnd, "small-r%d/" % rnd):
+                st, _ = request(t, "DELETE", rel)
+                must(st, (200, 204), "DELETE %s on %s" % (rel, t["name"]))
     m1 = metrics(fs)
     hwm = {t["name"]: core.status_kib(t["pid"], "VmHWM") / 1024 for t in targets}
     idle1 = {t["name"]: sum(core.status_kib(p, "VmRSS") for p in tree_pids(t)) / 1024 for t in targets}

@@ -149,25 +149,38 @@ impl MetaStore {
         let mut tx = self.begin().await?;
         // The upsert is the first statement so that it takes the content row's lock before
         // anything is read: a garbage collection of the same content cannot interleave.
-        let upsert = match self.dialect {
+        let content: Content = match self.dialect {
+            // The row as it is after the upsert, in the same statement: one round trip to
+            // the database thread fewer while the write gate is held.
             Dialect::Sqlite => {
-                "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?) \
-                 ON CONFLICT (sha1) DO UPDATE SET refcount = refcount + 1, zero_since = NULL"
+                let sql = concat!(
+                    "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?) \
+                     ON CONFLICT (sha1) DO UPDATE SET refcount = refcount + 1, zero_since = NULL RETURNING ",
+                    file_cols!()
+                );
+                sqlx::query_as(sql)
+                    .bind(&c.sha1)
+                    .bind(&c.sha256)
+                    .bind(c.size)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?
             }
             Dialect::MySql => {
-                "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?) \
-                 ON DUPLICATE KEY UPDATE refcount = refcount + 1, zero_since = NULL"
+                sqlx::query(
+                    "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?) \
+                     ON DUPLICATE KEY UPDATE refcount = refcount + 1, zero_since = NULL",
+                )
+                .bind(&c.sha1)
+                .bind(&c.sha256)
+                .bind(c.size)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
+                sqlx::query_as(sql).bind(&c.sha1).fetch_one(&mut *tx).await?
             }
         };
-        sqlx::query(upsert)
-            .bind(&c.sha1)
-            .bind(&c.sha256)
-            .bind(c.size)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
-        let content: Content = sqlx::query_as(sql).bind(&c.sha1).fetch_one(&mut *tx).await?;
         if content.sha256 != c.sha256 || content.size != c.size {
             return Err(MetaError::Collision);
         }
@@ -179,6 +192,7 @@ impl MetaStore {
             }
         };
         let added = existing.is_none() || req.conflict == Conflict::Rename;
+        let plain_insert = existing.is_none();
         let id = match (existing, req.conflict) {
             (None, Conflict::Entry(_)) => return Err(MetaError::NotFound),
             (None, _) => {
@@ -231,7 +245,24 @@ impl MetaStore {
                 .await?
             }
         };
-        let entry = get(&mut tx, req.owner, id).await?.ok_or(MetaError::NotFound)?;
+        let entry = if plain_insert {
+            // Exactly the row just inserted: no need to read it back.
+            Entry {
+                id,
+                owner: req.owner,
+                parent: Some(req.parent),
+                name: req.name.clone(),
+                kind: EntryKind::File,
+                sha1: Some(c.sha1.clone()),
+                size: c.size,
+                mode: req.mode,
+                mtime,
+                ctime: now,
+                created_at: now,
+            }
+        } else {
+            get(&mut tx, req.owner, id).await?.ok_or(MetaError::NotFound)?
+        };
         if added {
             touch_dirs(&mut tx, req.owner, &[req.parent], now).await?;
         }
