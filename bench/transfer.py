@@ -593,7 +593,7 @@ def render(a, R, lat_all, checks, rounds, elapsed, info):
     L.append("## Setup")
     L.append("")
     for k in ("command", "commit", "binary", "cpu", "cpus", "mem", "kernel", "work_fs", "aws_version",
-              "ceph_version", "ceph_dir", "rabbitmq_version", "load"):
+              "ceph_version", "ceph_dir", "rgw_frontends", "rabbitmq_version", "load"):
         if k in info:
             L.append("- %s: %s" % (k, info[k]))
     L.append("- filestore: `serve` (SQLite, staging in the work dir) and `transfer` workers with default "

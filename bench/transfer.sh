@@ -225,6 +225,7 @@ INFO=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sy
   aws_version "$("$AWS" --version 2>&1)" \
   ceph_version "$(ceph --version 2>/dev/null | sed 's/ (.*//')" \
   ceph_dir "$CEPH_DIR$([ $CEPH_STARTED = 1 ] && echo ' (started by this run)' || echo ' (already running)')" \
+  rgw_frontends "$(sed -n 's/^rgw frontends = //p' "$CEPH_DIR/ceph.conf")" \
   rabbitmq_version "$(rabbitmqctl -q version 2>/dev/null || echo '?')" \
   load "$(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average at the start)")
 
