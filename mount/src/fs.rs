@@ -1156,9 +1156,11 @@ impl Fs {
     }
 }
 
+/// A fetched range as cache blocks, each in an allocation of its own: a slice of the
+/// response would keep the whole response buffer (up to `read_ahead_max`, often with
+/// spare capacity) alive while any of its blocks is cached, and the cache's byte bound
+/// would then not bound the memory.
 fn split_blocks(data: &Bytes) -> Vec<Bytes> {
     let b = BLOCK_SIZE as usize;
-    (0..data.len().div_ceil(b))
-        .map(|i| data.slice(i * b..((i + 1) * b).min(data.len())))
-        .collect()
+    data.chunks(b).map(Bytes::copy_from_slice).collect()
 }
