@@ -3,7 +3,9 @@
 # MariaDB and nginx, dedup re-PUT), then bench/uploads.sh (1 GiB single PUT vs chunked via the
 # CLI and via the raw protocol, instant upload latency, client hashing vs sha1sum), then
 # bench/transfer.sh (transfer to Ceph RGW through RabbitMQ vs `aws s3 cp`, ranged reads), then
-# bench/dav.sh (WebDAV vs nginx, Apache mod_dav, rclone: 1 GiB PUT/GET, 4 KiB GET/PUT, PROPFIND).
+# bench/dav.sh (WebDAV vs nginx, Apache mod_dav, rclone: 1 GiB PUT/GET, 4 KiB GET/PUT, PROPFIND),
+# then bench/mount.sh (FUSE mount vs rclone mount and the local disk: 1 GiB write/read,
+# 10,000 small files, cp -r, mount RSS; report bench/results/mount-<stamp>.md).
 # The binary is built once and copied, so that a rebuild by someone else in the shared target
 # dir cannot swap it in the middle of the run. Reports: bench/results/core-<stamp>.md,
 # bench/results/uploads-<stamp>.md, bench/results/transfer-<stamp>.md, bench/results/dav-<stamp>.md,
@@ -28,12 +30,13 @@ CORE_ARGS=()
 UP_ARGS=()
 TR_ARGS=()
 DAV_ARGS=()
+MNT_ARGS=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --quick) CORE_ARGS+=(--quick); UP_ARGS+=(--quick); TR_ARGS+=(--quick); DAV_ARGS+=(--quick) ;;
+    --quick) CORE_ARGS+=(--quick); UP_ARGS+=(--quick); TR_ARGS+=(--quick); DAV_ARGS+=(--quick); MNT_ARGS+=(--quick) ;;
     --commit) COMMIT=$2; shift ;;
     --no-build) BUILD=0 ;;
-    --rounds) CORE_ARGS+=(--rounds "$2"); UP_ARGS+=(--rounds "$2"); TR_ARGS+=(--rounds "$2"); DAV_ARGS+=(--rounds "$2"); shift ;;
+    --rounds) CORE_ARGS+=(--rounds "$2"); UP_ARGS+=(--rounds "$2"); TR_ARGS+=(--rounds "$2"); DAV_ARGS+=(--rounds "$2"); MNT_ARGS+=(--rounds "$2"); shift ;;
     --no-mariadb|--no-wrk) CORE_ARGS+=("$1") ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -112,5 +115,12 @@ BENCH_DAV_OUT=$HERE/results/dav-$STAMP.md FILESTORE_BIN=$PIN/filestore "$HERE/da
   2> >(tee -a "$LOG" >&2) >/dev/null || rc4=$?
 echo "# dav.sh exit $rc4; load average $(cat /proc/loadavg); total $(( $(date +%s) - started )) s" >>"$LOG"
 log "dav.sh exit $rc4; total $(( $(date +%s) - started )) s"
-log "reports: $BENCH_CORE_OUT $BENCH_UPLOADS_OUT $BENCH_TRANSFER_OUT $HERE/results/dav-$STAMP.md"
-[ $rc = 0 ] && [ $rc2 = 0 ] && [ $rc3 = 0 ] && [ $rc4 = 0 ]
+
+rc5=0
+log "bench/mount.sh ${MNT_ARGS[*]:-}"
+BENCH_MOUNT_OUT=$HERE/results/mount-$STAMP.md FILESTORE_BIN=$PIN/filestore "$HERE/mount.sh" "${MNT_ARGS[@]}" \
+  2> >(tee -a "$LOG" >&2) >/dev/null || rc5=$?
+echo "# mount.sh exit $rc5; load average $(cat /proc/loadavg); total $(( $(date +%s) - started )) s" >>"$LOG"
+log "mount.sh exit $rc5; total $(( $(date +%s) - started )) s"
+log "reports: $BENCH_CORE_OUT $BENCH_UPLOADS_OUT $BENCH_TRANSFER_OUT $HERE/results/dav-$STAMP.md $HERE/results/mount-$STAMP.md"
+[ $rc = 0 ] && [ $rc2 = 0 ] && [ $rc3 = 0 ] && [ $rc4 = 0 ] && [ $rc5 = 0 ]
