@@ -14,6 +14,11 @@ use crate::meta::Content;
 /// file I/O is amortised, small enough to keep memory per download bounded.
 const READ_CHUNK: usize = 512 * 1024;
 
+/// Reads up to this size are done in one blocking call (open, seek, read) and answered as
+/// one chunk: for a small file the hops to the blocking pool of a streamed read (open, then
+/// each read) cost more than the bytes.
+const SMALL_READ: u64 = 64 * 1024;
+
 /// Content files under `<staging>/objects/ab/cd/<sha1>`.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -88,6 +93,21 @@ impl LocalStore {
 #[async_trait::async_trait]
 impl BlobStore for LocalStore {
     async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<ByteStream, BlobError> {
+        if len <= SMALL_READ {
+            let path = self.path(&content.sha1);
+            let sha1 = content.sha1.clone();
+            let bytes = tokio::task::spawn_blocking(move || read_small(&path, offset, len))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .map_err(|e| match e.kind() {
+                    ErrorKind::NotFound => BlobError::Missing(sha1),
+                    _ => e.into(),
+                })?;
+            if bytes.is_empty() {
+                return Ok(futures_util::stream::empty().boxed());
+            }
+            return Ok(futures_util::stream::once(async move { Ok(bytes) }).boxed());
+        }
         let mut file = match tokio::fs::File::open(self.path(&content.sha1)).await {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(BlobError::Missing(content.sha1.clone())),
@@ -99,6 +119,18 @@ impl BlobStore for LocalStore {
         }
         Ok(ReaderStream::with_capacity(file.take(len), READ_CHUNK).boxed())
     }
+}
+
+/// `len` bytes from `offset` (fewer if the file is shorter), in one blocking call.
+fn read_small(path: &Path, offset: u64, len: u64) -> std::io::Result<bytes::Bytes> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    if offset > 0 {
+        file.seek(std::io::SeekFrom::Start(offset))?;
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut buf)?;
+    Ok(bytes::Bytes::from(buf))
 }
 
 /// 40 lowercase hexadecimal digits.
