@@ -21,7 +21,8 @@
 #   --keep-ceph   leave a Ceph cluster this script started running at the end
 # env: FILESTORE_BIN         binary to measure (implies --no-build)
 #      CARGO_TARGET_DIR      where cargo builds (default <repo>/target)
-#      BENCH_TRANSFER_PORT   loopback port of the filestore server (default 38400)
+#      BENCH_TRANSFER_PORT   loopback port of the filestore server (default 38400; the next 9
+#                            are tried in turn when it is taken)
 #      BENCH_CEPH_DIR        Ceph state dir for scripts/ceph-rgw.sh (default /tmp/fsbench-ceph; an
 #                            already running cluster there is reused and left running)
 #      CEPH_RGW_PORT, CEPH_MON_PORT, CEPH_MEMSTORE_BYTES  for a cluster this script starts
@@ -97,7 +98,6 @@ export -n FILESTORE_BIN
 for v in $(compgen -e | grep '^FILESTORE_' | grep -v '^FILESTORE_BIN$' || true); do unset "$v"; done
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-port_busy "$PORT" && die "port $PORT is in use (set BENCH_TRANSFER_PORT)"
 python3 - "$AMQP_URL" <<'PY' || die "RabbitMQ is not reachable at $AMQP_URL (start it: rabbitmq-server -detached)"
 import socket, sys, urllib.parse as u
 p = u.urlsplit(sys.argv[1]); socket.create_connection((p.hostname or "127.0.0.1", p.port or 5672), 3).close()
@@ -188,15 +188,29 @@ FS_ENV=(
 # the AWS_* variables are for the aws command; filestore gets its credentials from FS_ENV
 echo benchpass1 | env "${FS_ENV[@]}" "$FILESTORE_BIN" user add bench --password-stdin --data-dir "$DATA" \
   >/dev/null 2>>"$WORK/filestore.log" || die "filestore user add failed (see $WORK/filestore.log)"
-env "${FS_ENV[@]}" "$FILESTORE_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" >>"$WORK/filestore.log" 2>&1 &
-PID_FS=$!
-PIDS+=("$PID_FS")
-for i in $(seq 300); do
-  port_busy "$PORT" && break
-  kill -0 "$PID_FS" 2>/dev/null || die "filestore exited during start-up"
-  sleep 0.1
+start_server() {  # start_server PORT: 0 once it listens, 1 if it exited (PID_FS set either way)
+  env "${FS_ENV[@]}" "$FILESTORE_BIN" serve --listen "127.0.0.1:$1" --data-dir "$DATA" >>"$WORK/filestore.log" 2>&1 &
+  PID_FS=$!
+  PIDS+=("$PID_FS")
+  local i
+  for i in $(seq 300); do
+    kill -0 "$PID_FS" 2>/dev/null || return 1
+    port_busy "$1" && return 0
+    sleep 0.1
+  done
+  die "filestore did not listen on port $1 within 30 s"
+}
+# The ports lie in the kernel's ephemeral range (32768-60999): an outgoing connection elsewhere
+# may hold one for a while, so a port that is taken, or taken meanwhile, passes to the next.
+FIRST_PORT=$PORT
+for PORT in $(seq "$FIRST_PORT" $((FIRST_PORT + 9))) none; do
+  [ "$PORT" = none ] && die "ports $FIRST_PORT-$((FIRST_PORT + 9)) are all taken (set BENCH_TRANSFER_PORT)"
+  port_busy "$PORT" && continue
+  start_server "$PORT" && break
+  grep -q "Address already in use" "$WORK/filestore.log" || die "filestore exited during start-up"
+  log "port $PORT was taken meanwhile; trying the next"
+  : >"$WORK/filestore.log"
 done
-port_busy "$PORT" || die "filestore did not listen on port $PORT within 30 s"
 log "filestore pid $PID_FS on 127.0.0.1:$PORT (data $DATA)"
 
 # The worker command line, started and stopped by the driver for each measurement.
