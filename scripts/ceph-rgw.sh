@@ -168,7 +168,16 @@ wait_for() {
 start_daemon() {
     local name="$1"
     shift
-    setsid "$@" -f </dev/null >>"$D/log/$name.out" 2>&1 9>&- &
+    (
+        # Every descriptor but 0-2 is closed: a daemon outlives this script, and must not
+        # keep a caller's lock open (a test run under `flock -s` would otherwise hold its
+        # lock for as long as the cluster runs).
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+        done
+        exec setsid "$@" -f </dev/null >>"$D/log/$name.out" 2>&1
+    ) &
     echo $! >"$D/run/$name.pid"
 }
 
@@ -231,7 +240,8 @@ osd max object namespace len = 64
 
 [client.rgw.gw]
 keyring = $D/rgw/keyring
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+# tcp_nodelay: without it ~6% of 1 MiB answers wait 40 ms for the client's delayed ACK
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
 rgw dns name = $DNS_NAME
 rgw data = $D/rgw
 rgw enable usage log = false
