@@ -250,7 +250,14 @@ impl MountHandle {
         let mut result = Ok(());
         if let Some(mut u) = self.unmounter.take() {
             if !*self.done.borrow() {
-                result = u.unmount();
+                // fuser's unmount is a plain umount(2): with a file open it fails with
+                // EBUSY and the session then runs forever. Detached lazily, the tree
+                // leaves the namespace at once and the session ends when the last open
+                // file closes (changes not committed by then stay in the journal).
+                detach_lazily(&self.mountpoint);
+                if is_mounted(&self.mountpoint) {
+                    result = u.unmount();
+                }
             }
         }
         if let Some(t) = self.thread.take() {
@@ -259,6 +266,31 @@ impl MountHandle {
         }
         result
     }
+}
+
+/// Detaches the mount at `mountpoint` lazily: `umount2(MNT_DETACH)`, or, when that is not
+/// permitted (not root), `fusermount3 -u -z`.
+pub fn detach_lazily(mountpoint: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid NUL-terminated path; umount2 touches no memory of ours.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z", "-q", "--"])
+            .arg(mountpoint)
+            .status();
+    }
+}
+
+/// Whether `path` is a mount point (in /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.display().to_string();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 impl Drop for MountHandle {
