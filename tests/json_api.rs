@@ -320,6 +320,16 @@ async fn bad_input(backend: Backend) {
     }
     let r = s.http.get(s.url("/api/v1/me")).send().await.unwrap();
     assert!(r.headers().contains_key("www-authenticate"));
+    // After a 413 the connection is closed, and the answer says so: a client must not
+    // send its next request on it (that request would fail with a broken pipe).
+    let r = api
+        .req(reqwest::Method::POST, "/move")
+        .body(vec![b' '; 200_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers()["connection"], "close");
     // Traversal: URL libraries resolve `..` (even percent-encoded) before sending, so these
     // go out raw, as an attacker would send them.
     for target in [

@@ -75,6 +75,12 @@ pub(crate) fn decorate(resp: &mut Response, status: StatusCode, retry_after: Opt
     if let Some(s) = retry_after {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
+    // A body refused for its size is left unread, so the server closes the connection
+    // after answering; saying so keeps a client from sending its next request on it.
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 impl From<MetaError> for ApiError {
