@@ -15,7 +15,8 @@
 #   --no-build    use the existing binary (default: `cargo build --release -p filestore` first)
 # env: FILESTORE_BIN         binary to measure (implies --no-build)
 #      CARGO_TARGET_DIR      where cargo builds (default <repo>/target)
-#      BENCH_PORT_BASE       first of the 2 loopback ports used (default 38500: server, rclone rc)
+#      BENCH_PORT_BASE       first of the 2 loopback ports used (default 38500: server, rclone rc;
+#                            the next pair, up to +9, if the server's port is held by a connection)
 #      BENCH_TMPDIR          where data dirs, spools and mountpoints go (default $TMPDIR or /tmp;
 #                            a real disk: it is also the "local disk" measured)
 #      BENCH_MOUNT_CACHE_MIB filestore mount's block cache (--cache-bytes, default 256)
@@ -151,10 +152,29 @@ FS_DIR=$WORK/filestore-data
 mkdir -p "$FS_DIR"
 echo "$USER_PASS" | "$FILESTORE_BIN" user add "$USER_NAME" --password-stdin --data-dir "$FS_DIR" \
   >/dev/null 2>>"$WORK/filestore.log" || die "filestore user add failed (see $WORK/filestore.log)"
-"$FILESTORE_BIN" serve --listen "127.0.0.1:$PORT_FS" --data-dir "$FS_DIR" >>"$WORK/filestore.log" 2>&1 &
-PID_SERVER=$!
+start_server() {  # 0 once listening, 1 if it exited
+  local i
+  "$FILESTORE_BIN" serve --listen "127.0.0.1:$PORT_FS" --data-dir "$FS_DIR" >>"$WORK/filestore.log" 2>&1 &
+  PID_SERVER=$!
+  for i in $(seq 300); do
+    port_busy "$PORT_FS" && return 0
+    kill -0 "$PID_SERVER" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  PIDS+=("$PID_SERVER")
+  die "filestore serve did not listen on port $PORT_FS within 30 s"
+}
+# The ports lie in the kernel's ephemeral range (32768-60999): an outgoing connection
+# elsewhere on the machine can hold one for a while. Then move on to the next pair.
+for try in 1 2 3 4 5; do
+  start_server && break
+  grep -q 'Address already in use' "$WORK/filestore.log" || die "filestore serve exited during start-up"
+  [ "$try" = 5 ] && die "ports $PORT_BASE-$((PORT_FS + 1)) all taken (set BENCH_PORT_BASE)"
+  log "port $PORT_FS is held by a connection: trying $((PORT_FS + 2))"
+  PORT_FS=$((PORT_FS + 2))
+  PORT_RC=$((PORT_FS + 1))
+done
 PIDS+=("$PID_SERVER")
-wait_for "$PID_SERVER" "filestore serve" port_busy "$PORT_FS"
 log "filestore serve pid $PID_SERVER on 127.0.0.1:$PORT_FS (data $FS_DIR)"
 
 echo "$USER_PASS" >"$WORK/password"
