@@ -1013,6 +1013,12 @@ impl Fs {
         Ok(out.freeze())
     }
 
+    /// Background read-aheads still running.
+    #[cfg(test)]
+    pub(crate) fn prefetches_in_flight(&self) -> usize {
+        lock(&self.prefetching).len()
+    }
+
     /// Background read-ahead of blocks `[from, to]` not already cached or in flight.
     fn prefetch(&self, id: i64, sha1: &str, from: u64, to: u64) {
         let Some(start) = (from..=to).find(|b| self.cache.get(sha1, *b).is_none()) else {
