@@ -207,6 +207,17 @@ mod tests {
         (hex::encode(d.sha1.finalize()), hex::encode(d.sha256.finalize()), d.size)
     }
 
+    /// What `take` returns once the hashing thread has done all it can.
+    async fn settled(p: &Arc<PrefixHashes>, id: &'static str) -> Digests {
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || {
+            p.settle(id);
+            p.take(id)
+        })
+        .await
+        .unwrap()
+    }
+
     /// Runs on a current-thread runtime only to have `spawn_blocking`.
     #[tokio::test]
     async fn chunks_recorded_out_of_order_are_hashed_in_order() {
@@ -224,13 +235,7 @@ mod tests {
             p.recorded("s", layout, index);
         }
         // Chunk 3 never arrives here (another gateway took it): the prefix stops at 2.
-        let p2 = p.clone();
-        let got = tokio::task::spawn_blocking(move || {
-            p2.settle("s");
-            p2.take("s")
-        })
-        .await
-        .unwrap();
+        let got = settled(&p, "s").await;
         assert_eq!(got.size, 6000);
         let mut whole = got.clone();
         let mut f = File::open(&path).unwrap();
@@ -251,13 +256,7 @@ mod tests {
         };
         p.recorded("s", layout, 1);
         p.recorded("s", layout, 2);
-        let p2 = p.clone();
-        let got = tokio::task::spawn_blocking(move || {
-            p2.settle("s");
-            p2.take("s")
-        })
-        .await
-        .unwrap();
+        let got = settled(&p, "s").await;
         assert_eq!(got.size, 0);
     }
 }
