@@ -24,6 +24,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 REPO=$(dirname "$HERE")
 ROUNDS=${BENCH_ROUNDS:-3}
 LARGE_MIB=${BENCH_LARGE_MIB:-1024}
@@ -266,21 +268,7 @@ t.append(dict(name="nginx", kind="nginx", host="127.0.0.1", port=$PORT_NGX, pid=
 json.dump(t, open(sys.argv[1], "w"), indent=1)
 PY
 
-if [ -n "${BENCH_COMMIT_NOTE:-}" ]; then
-  commit=$BENCH_COMMIT_NOTE
-else
-  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
-  [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (+uncommitted changes)"
-fi
-INFO=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
-  command "$COMMAND" \
-  commit "$commit" \
-  binary "${BENCH_BINARY_NOTE:-$FILESTORE_BIN (built $(date -r "$FILESTORE_BIN" '+%Y-%m-%d %H:%M')$([ $BUILD = 1 ] || echo '; not rebuilt by this run, may predate the commit above'))}" \
-  cpu "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)" \
-  cpus "$(nproc)" \
-  mem "$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
-  kernel "$(uname -r)" \
-  work_fs "$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1}')" \
+INFO=$(bench_info \
   nginx_version "$("$NGINX" -v 2>&1 | sed 's/.*version: //')" \
   mariadb_version "$([ -n "${PID_FSM:-}" ] && "$MYSQL_CLI" "${MYSQL_ARGS[@]}" -N -e 'SELECT VERSION()' 2>/dev/null || echo '-')" \
   mariadb_skipped "$MARIADB_NOTE" \

@@ -32,6 +32,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 REPO=$(dirname "$HERE")
 ROUNDS=${BENCH_ROUNDS:-3}
 LARGE_MIB=${BENCH_LARGE_MIB:-1024}
@@ -331,21 +333,7 @@ if "$PID_RCL":
 json.dump(t, open(sys.argv[1], "w"), indent=1)
 PY
 
-if [ -n "${BENCH_COMMIT_NOTE:-}" ]; then
-  commit=$BENCH_COMMIT_NOTE
-else
-  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
-  [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (+uncommitted changes)"
-fi
-INFO=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
-  command "$COMMAND" \
-  commit "$commit" \
-  binary "${BENCH_BINARY_NOTE:-$FILESTORE_BIN (built $(date -r "$FILESTORE_BIN" '+%Y-%m-%d %H:%M')$([ $BUILD = 1 ] || echo '; not rebuilt by this run, may predate the commit above'))}" \
-  cpu "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)" \
-  cpus "$(nproc)" \
-  mem "$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
-  kernel "$(uname -r)" \
-  work_fs "$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1}')" \
+INFO=$(bench_info \
   nginx_version "$("$NGINX" -v 2>&1 | sed 's/.*version: //') + dav_ext $(dpkg-query -W -f '${Version}' libnginx-mod-http-dav-ext 2>/dev/null || echo '?')" \
   apache_version "$([ -n "$PID_APA" ] && "$APACHE" -v 2>/dev/null | sed -n 's/^Server version: //p' || echo '-')" \
   rclone_version "$([ -n "$PID_RCL" ] && "$RCLONE" version 2>/dev/null | head -n1 || echo '-')" \

@@ -504,7 +504,7 @@ def render(a, R, inst, proof, H, checks, hwm, elapsed, big_key):
     L.append("")
     for way, label in (("raw", "Raw chunked flow"), ("rawsha", "Raw flow with X-Chunk-Sha1")):
         L.append("%s, phases (medians): init %s s; %s chunks of %s MiB sent in %s s%s (%s MB/s; per-part "
-                 "p50 %s ms, p99 %s ms); complete (server re-reads and hashes the assembled file, then commits) "
+                 "p50 %s ms, p99 %s ms); complete (server hashes what its running hash has not reached yet, then commits) "
                  "%s s%s." % (label, fmt(med(R[way + "_init_s"]), 3), fmt(med(R["raw_chunks"]), 0),
                               fmt(med(R["raw_chunk_mib"]), 1), fmt(med(R[way + "_parts_s"]), 2),
                               spread(R[way + "_parts_s"], 2), fmt(med(R[way + "_parts_MBps"])),
@@ -513,7 +513,7 @@ def render(a, R, inst, proof, H, checks, hwm, elapsed, big_key):
         L.append("")
     if R.get("cli_upload_hash_MBps"):
         L.append("CLI: its whole-file SHA-1 before the first byte is sent ran at %s MB/s (its progress line), "
-                 "i.e. %s s of its %s s; the remaining %s s (instant attempt, %d chunks with X-Chunk-Sha1, "
+                 "i.e. %s s of its %s s; the remaining %s s (instant attempt, %d chunks, "
                  "complete) compare with the raw flow's %s s, %s s with X-Chunk-Sha1." % (
                      fmt(med(R["cli_upload_hash_MBps"]), 0), fmt(med(R["cli_hash_s"]), 2), fmt(med(R["cli_s"]), 2),
                      fmt(med([x - y for x, y in zip(R["cli_s"], R["cli_hash_s"])]), 2), med(R["raw_chunks"]),
@@ -631,9 +631,9 @@ def render(a, R, inst, proof, H, checks, hwm, elapsed, big_key):
              "machine. Disk written: sectors-written counter of the data dir's device over the upload." % a.src_dir)
     L.append("- The single PUT writes the bytes once while hashing them (SHA-1 + SHA-256) on one writer thread, "
              "then fsyncs. A chunked upload writes each chunk at its offset in a sparse file and fsyncs it "
-             "before recording it; `complete` then reads the whole file back and hashes it (SHA-1 and SHA-256 on "
-             "two threads) before committing. The CLI additionally hashes the whole file before starting "
-             "(SHA-1), and sends an X-Chunk-Sha1 per chunk that the server verifies.")
+             "before recording it; recorded chunks are hashed in order while later ones arrive, and `complete` "
+             "hashes what is left (SHA-1 and SHA-256 on two threads) before committing. The CLI additionally "
+             "hashes the whole file before starting (SHA-1); it sends no X-Chunk-Sha1.")
     L.append("- Before each round, and before the instant and hashing parts, the script waits (up to %.0f s, "
              "`BENCH_QUIET_WAIT`) for a 1 s window in which other processes use < %.2f CPU." % (
                  core.QUIET_WAIT_S, core.QUIET_CPU))

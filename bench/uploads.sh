@@ -25,6 +25,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 REPO=$(dirname "$HERE")
 ROUNDS=${BENCH_ROUNDS:-5}
 LARGE_MIB=${BENCH_LARGE_MIB:-1024}
@@ -140,21 +142,7 @@ TOKEN_OTHER=$(signin other) || die "sign-in of other failed"
 echo benchpass1 | FILESTORE_CONFIG_DIR=$CLI_CONFIG "$FILESTORE_BIN" login --server "http://127.0.0.1:$PORT" \
   --user bench --password-stdin >/dev/null || die "filestore login failed"
 
-if [ -n "${BENCH_COMMIT_NOTE:-}" ]; then
-  commit=$BENCH_COMMIT_NOTE
-else
-  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
-  [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (+uncommitted changes)"
-fi
-INFO=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
-  command "$COMMAND" \
-  commit "$commit" \
-  binary "${BENCH_BINARY_NOTE:-$FILESTORE_BIN (built $(date -r "$FILESTORE_BIN" '+%Y-%m-%d %H:%M'), sha256 $(sha256sum "$FILESTORE_BIN" | cut -c1-16))}" \
-  cpu "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)" \
-  cpus "$(nproc)" \
-  mem "$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
-  kernel "$(uname -r)" \
-  work_fs "$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1}')" \
+INFO=$(bench_info \
   load "$(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average at the start)" \
   chunk_size "${CHUNK_SIZE:-5242880 (default)}")
 
