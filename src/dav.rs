@@ -78,6 +78,23 @@ fn dav_entry(e: Entry) -> DavEntry {
     }
 }
 
+/// Property rows (ordered by entry id) grouped per entry.
+fn group_props(rows: Vec<(i64, crate::meta::Prop)>) -> Vec<(EntryId, Vec<DeadProp>)> {
+    let mut out: Vec<(EntryId, Vec<DeadProp>)> = Vec::new();
+    for (id, (ns, name, xml)) in rows {
+        let prop = DeadProp {
+            namespace: (!ns.is_empty()).then(|| String::from_utf8_lossy(&ns).into_owned()),
+            name: String::from_utf8_lossy(&name).into_owned(),
+            xml,
+        };
+        match out.last_mut() {
+            Some((last, props)) if *last == id => props.push(prop),
+            _ => out.push((id, vec![prop])),
+        }
+    }
+    out
+}
+
 fn overwrite(o: DavOverwrite) -> Overwrite {
     match o {
         DavOverwrite::No => Overwrite::No,
@@ -254,19 +271,18 @@ impl DavPort for CorePort {
 
     async fn get_props_many(&self, ids: &[EntryId]) -> Result<Vec<(EntryId, Vec<DeadProp>)>, PortError> {
         let rows = self.drive.meta().props(self.owner(), ids).await.map_err(meta_err)?;
-        let mut out: Vec<(EntryId, Vec<DeadProp>)> = Vec::new();
-        for (id, (ns, name, xml)) in rows {
-            let prop = DeadProp {
-                namespace: (!ns.is_empty()).then(|| String::from_utf8_lossy(&ns).into_owned()),
-                name: String::from_utf8_lossy(&name).into_owned(),
-                xml,
-            };
-            match out.last_mut() {
-                Some((last, props)) if *last == id => props.push(prop),
-                _ => out.push((id, vec![prop])),
-            }
-        }
-        Ok(out)
+        Ok(group_props(rows))
+    }
+
+    /// One query for the directory and all its children.
+    async fn get_props_dir(&self, dir: EntryId) -> Result<Vec<(EntryId, Vec<DeadProp>)>, PortError> {
+        let rows = self
+            .drive
+            .meta()
+            .props_in_dir(self.owner(), dir)
+            .await
+            .map_err(meta_err)?;
+        Ok(group_props(rows))
     }
 
     async fn patch_props(&self, id: EntryId, patch: Vec<PropPatch>) -> Result<(), PortError> {

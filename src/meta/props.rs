@@ -36,6 +36,28 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// The dead properties of directory `dir` and of each of its children, in one query
+    /// (a WebDAV PROPFIND of a whole directory), ordered by entry id.
+    pub async fn props_in_dir(&self, owner: i64, dir: i64) -> Result<Vec<(i64, Prop)>, MetaError> {
+        let sql = "SELECT p.entry_id, p.ns, p.name, p.xml FROM dead_props p JOIN entries e ON e.id = p.entry_id \
+                   WHERE e.owner = ? AND e.parent = ? \
+                   UNION ALL \
+                   SELECT p.entry_id, p.ns, p.name, p.xml FROM dead_props p JOIN entries e ON e.id = p.entry_id \
+                   WHERE e.owner = ? AND e.id = ? \
+                   ORDER BY 1, 2, 3";
+        let rows = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>, Vec<u8>)>(sql)
+            .bind(owner)
+            .bind(dir)
+            .bind(owner)
+            .bind(dir)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, ns, name, xml)| (id, (ns, name, xml)))
+            .collect())
+    }
+
     /// Applies a PROPPATCH to one of the owner's entries, all or nothing.
     pub async fn patch_props(&self, owner: i64, id: i64, changes: &[PropChange]) -> Result<(), MetaError> {
         retry_txn!(self.try_patch_props(owner, id, changes))

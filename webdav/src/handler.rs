@@ -15,24 +15,29 @@
 //!   leave out the target itself).
 //! - PUT with `Content-Range` is refused with 400 (RFC 9110 14.5: partial PUT), and
 //!   PATCH is not allowed: the port stores whole files.
+//!
+//! And two requests are answered here without dav-server whenever they can be, because
+//! they are the ones clients send most: GET/HEAD of a file (`get`) and PROPFIND Depth 0
+//! and 1 (`propfind`). Both modules say what they leave to dav-server.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
 
-use bytes::Buf;
-use dav_server::body::Body;
+use bytes::{Buf, Bytes, BytesMut};
+use dav_server::davpath::DavPath;
 use dav_server::ls::DavLockSystem;
 use dav_server::{DavHandler, DavMethod, DavMethodSet};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
+pub use crate::body::DavBody;
 use crate::fs::PortFs;
 use crate::hint::{depth_is_infinity, has_content_range, Op};
 use crate::port::DavPort;
+use crate::{get, propfind};
 
-/// Response body: streams (GET content, PROPFIND multistatus) without buffering.
-/// Implements `http_body::Body<Data = Bytes, Error = io::Error>`.
-pub type DavBody = Body;
+/// Largest PROPFIND body read (dav-server's limit for request bodies too).
+const MAX_XML_BODY: usize = 65_536;
 
 /// Read size for GET: larger than dav-server's 16 KiB default to cut per-chunk
 /// overhead on big files, small enough to keep many concurrent downloads cheap.
@@ -116,11 +121,65 @@ impl WebDav {
             if !req.headers().contains_key("depth") {
                 req.headers_mut().insert("depth", HeaderValue::from_static("1"));
             }
+            return self.propfind(req, user).await;
         }
         if method == Method::PUT && has_content_range(req.headers()) {
             return status_only(StatusCode::BAD_REQUEST);
         }
+        let no_body = req.body().size_hint().exact() == Some(0);
+        if let Some(plan) = get::Plan::of(&method, req.uri(), req.headers(), &self.prefix, no_body) {
+            if let Some(res) = get::answer(&user.port, req.headers(), plan).await {
+                return res;
+            }
+        }
+        self.dav_server(req, user).await
+    }
 
+    /// PROPFIND: answered by `propfind` when it can, else by dav-server.
+    async fn propfind<B>(&self, req: Request<B>, user: DavUser) -> Response<DavBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Buf + Send + 'static,
+        B::Error: StdError + Send + Sync + 'static,
+    {
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, MAX_XML_BODY).await {
+            Ok(b) => b,
+            Err(status) => return status_only(status),
+        };
+        let depth_one = match parts.headers.get("depth").map(HeaderValue::as_bytes) {
+            Some(b"0") => Some(false),
+            Some(b"1") => Some(true),
+            _ => None,
+        };
+        let ua = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let path = DavPath::new(parts.uri.path()).and_then(|mut p| p.set_prefix(&self.prefix).map(|()| p));
+        if let (Some(depth_one), Some(request), Ok(path)) = (depth_one, propfind::parse(&body, ua), path) {
+            match propfind::answer(&user.port, user.locks.as_ref(), &self.prefix, path, depth_one, request).await {
+                Ok(res) => return res,
+                Err(propfind::Decline::ToDavServer) => {}
+                Err(propfind::Decline::Port(e)) => {
+                    tracing::debug!(error = %e, "PROPFIND failed");
+                    return status_only(e.status());
+                }
+            }
+        }
+        let body = dav_server::body::Body::from(body);
+        self.dav_server(Request::from_parts(parts, body), user).await
+    }
+
+    /// Everything else: dav-server over the port.
+    pub(crate) async fn dav_server<B>(&self, req: Request<B>, user: DavUser) -> Response<DavBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Buf + Send + 'static,
+        B::Error: StdError + Send + Sync + 'static,
+    {
+        let method = req.method().clone();
         let op = Op::of_request(&method, req.uri(), req.headers(), &self.prefix);
         let mut methods = DavMethodSet::all();
         methods.remove(DavMethod::Patch);
@@ -133,7 +192,7 @@ impl WebDav {
             .autoindex(true)
             .read_buf_size(READ_BUF_SIZE)
             .build_handler();
-        let mut res = handler.handle(req).await;
+        let mut res = handler.handle(req).await.map(DavBody::from);
 
         if method == Method::OPTIONS {
             let h = res.headers_mut();
@@ -144,8 +203,37 @@ impl WebDav {
     }
 }
 
+/// The whole request body, up to `max` bytes (413 beyond, 400 if it breaks off).
+pub(crate) async fn read_body<B>(body: B, max: usize) -> Result<Bytes, StatusCode>
+where
+    B: http_body::Body,
+    B::Data: Buf,
+    B::Error: StdError,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|e| {
+            tracing::debug!(error = %e, "request body failed");
+            StatusCode::BAD_REQUEST
+        })?;
+        if let Ok(mut data) = frame.into_data() {
+            if buf.len() + data.remaining() > max {
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                let n = chunk.len();
+                buf.extend_from_slice(chunk);
+                data.advance(n);
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
 fn status_only(status: StatusCode) -> Response<DavBody> {
-    let mut res = Response::new(Body::empty());
+    let mut res = Response::new(DavBody::empty());
     *res.status_mut() = status;
     res.headers_mut()
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -156,7 +244,7 @@ fn status_only(status: StatusCode) -> Response<DavBody> {
 fn finite_depth_required() -> Response<DavBody> {
     const BODY: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
         <D:error xmlns:D=\"DAV:\"><D:propfind-finite-depth/></D:error>\n";
-    let mut res = Response::new(Body::from(BODY));
+    let mut res = Response::new(DavBody::from(BODY));
     *res.status_mut() = StatusCode::FORBIDDEN;
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,

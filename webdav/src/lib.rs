@@ -20,16 +20,21 @@
 //! Module map: [`port`] (the trait and its types), [`error`] (the port error and its
 //! one mapping to statuses), `fs` (dav-server's file system over the port), `file`
 //! (GET reads, streaming PUT), `meta` (entry metadata), `hint` (per-request
-//! shortcuts), [`locks`] (per-user lock systems), `handler` (the entry point).
+//! shortcuts), [`locks`] (per-user lock systems), `handler` (the entry point), `get` and
+//! `propfind` (GET/HEAD of a file and PROPFIND Depth 0/1 answered without dav-server),
+//! `body` (the response body).
 
+mod body;
 pub mod error;
 mod file;
 mod fs;
+mod get;
 mod handler;
 mod hint;
 pub mod locks;
 mod meta;
 pub mod port;
+mod propfind;
 
 #[cfg(feature = "memory")]
 #[doc(hidden)]

@@ -19,6 +19,16 @@ pub(crate) fn to_system_time(ms: Millis) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
+/// The ETag of an entry, without quotes. Files: the content SHA-1, so equal bytes give
+/// equal ETags across renames and re-uploads. Directories have no content hash; id and
+/// mtime change whenever the core touches them.
+pub(crate) fn etag(e: &Entry) -> String {
+    match &e.sha1 {
+        Some(sha1) if !e.is_dir() => sha1.clone(),
+        _ => format!("{:x}-{:x}-{:x}", e.id, e.size, e.mtime),
+    }
+}
+
 impl DavMetaData for EntryMeta {
     fn len(&self) -> u64 {
         u64::try_from(self.0.size).unwrap_or(0)
@@ -32,14 +42,9 @@ impl DavMetaData for EntryMeta {
         self.0.is_dir()
     }
 
-    /// Files: the content SHA-1, so equal bytes give equal ETags across renames and
-    /// re-uploads (dav-server adds the quotes). Directories have no content hash; id and
-    /// mtime change whenever the core touches them.
+    /// See [`etag`] (dav-server adds the quotes).
     fn etag(&self) -> Option<String> {
-        match &self.0.sha1 {
-            Some(sha1) if !self.0.is_dir() => Some(sha1.clone()),
-            _ => Some(format!("{:x}-{:x}-{:x}", self.0.id, self.0.size, self.0.mtime)),
-        }
+        Some(etag(&self.0))
     }
 
     fn created(&self) -> FsResult<SystemTime> {

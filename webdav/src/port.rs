@@ -6,8 +6,9 @@
 //!
 //! The methods mirror what the core can do in one metadata query or transaction. The
 //! adapter is written so that a WebDAV request costs a bounded number of port calls:
-//! PROPFIND Depth 1 uses one [`DavPort::list`] and one [`DavPort::get_props_many`] per
-//! page of children, never a call per child.
+//! PROPFIND Depth 1 uses one [`DavPort::list`] per page of children and one
+//! [`DavPort::get_props_dir`] (or one [`DavPort::get_props_many`] per page), never a call
+//! per child.
 
 use std::io;
 use std::pin::Pin;
@@ -252,6 +253,23 @@ pub trait DavPort: Send + Sync + 'static {
             out.push((id, self.get_props(id).await?));
         }
         Ok(out)
+    }
+
+    /// Dead properties of directory `dir` and of each of its children, in one query
+    /// (PROPFIND Depth 1 of a whole directory). Entries without properties may be left
+    /// out. The default lists the children and calls [`Self::get_props_many`].
+    async fn get_props_dir(&self, dir: EntryId) -> Result<Vec<(EntryId, Vec<DeadProp>)>, PortError> {
+        let mut ids = vec![dir];
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(dir, after.as_deref(), 1000).await?;
+            ids.extend(page.iter().map(|e| e.id));
+            match page.last() {
+                Some(last) if page.len() == 1000 => after = Some(last.name.clone()),
+                _ => break,
+            }
+        }
+        self.get_props_many(&ids).await
     }
 
     /// Applies a PROPPATCH, all or nothing (RFC 4918 section 9.2).
