@@ -176,6 +176,17 @@ async fn in_process_transfer() {
             .await
             .unwrap();
         assert!(r.bytes().await.unwrap() == f[..], "f{i} read back from S3");
+        // WebDAV reads local content without the row; with the staging copy gone the
+        // row sends it to S3.
+        let r = s
+            .http
+            .get(s.url(&format!("/dav/f{i}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "WebDAV GET of f{i}");
+        assert!(r.bytes().await.unwrap() == f[..], "f{i} read back from S3 over WebDAV");
     }
     // Ranged reads across a multipart boundary, through both APIs.
     let big = &files[1];
