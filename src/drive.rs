@@ -131,33 +131,34 @@ impl Drive {
         self.check_target(user, &target).await?;
         let staged = self.staging.receive(body, self.max_upload).await?;
         failpoint("upload.staged");
-        // New content is synced and linked into the object store here (step 3 above),
-        // so that `place` in the transaction finds it there and has nothing to flush while
-        // the write gate is held; a dedup hit skips it.
-        let stored = match self.meta.content(&staged.sha1).await? {
-            Some(c) => c.store != "local" || self.staging.objects().contains(&c.sha1),
-            None => false,
-        };
-        let m = crate::metrics::global();
-        crate::metrics::add(&m.bytes_in, staged.size);
-        if stored {
-            crate::metrics::add(&m.dedup_hits, 1);
-            crate::metrics::add(&m.dedup_bytes_saved, staged.size);
-        } else {
-            let objects = self.staging.objects().clone();
-            let (sha1, path) = (staged.sha1.clone(), staged.path().to_path_buf());
-            tokio::task::spawn_blocking(move || objects.place(&sha1, &path))
-                .await
-                .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
-                .map_err(BlobError::from)?;
-            failpoint("upload.linked");
-        }
-        let content = NewContent {
+        let mut content = NewContent {
             sha1: staged.sha1.clone(),
-            sha256: staged.sha256.clone(),
+            sha256: None,
             size: staged.size as i64,
         };
-        let entry = self.commit(user, target, content, staged.path()).await?;
+        // New content is synced and linked into the object store here (step 3 above),
+        // so that `place` in the transaction finds it there and has nothing to flush while
+        // the write gate is held. A dedup hit skips it, and compares second hashes instead.
+        let known = self.meta.content(&staged.sha1).await?;
+        let m = crate::metrics::global();
+        crate::metrics::add(&m.bytes_in, staged.size);
+        match known {
+            Some(c) if c.store != "local" || self.staging.objects().contains(&c.sha1) => {
+                content.sha256 = Some(self.second_hash(&content, staged.path()).await?);
+                crate::metrics::add(&m.dedup_hits, 1);
+                crate::metrics::add(&m.dedup_bytes_saved, staged.size);
+            }
+            _ => {
+                let objects = self.staging.objects().clone();
+                let (sha1, path) = (staged.sha1.clone(), staged.path().to_path_buf());
+                tokio::task::spawn_blocking(move || objects.place(&sha1, &path))
+                    .await
+                    .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+                    .map_err(BlobError::from)?;
+                failpoint("upload.linked");
+            }
+        }
+        let entry = self.commit_known(user, target, content, staged.path()).await?;
         failpoint("upload.committed");
         tracing::debug!(user = %user.name, sha1 = %staged.sha1, size = staged.size, "upload committed");
         Ok(entry)
@@ -180,17 +181,31 @@ impl Drive {
 
     /// Commits bytes already on the staging disk at `path` (hashed by the server) as a file
     /// entry; `path` is hard-linked into the store if the content is new there.
-    pub async fn commit(&self, user: &User, target: UploadTarget, content: NewContent, path: &Path) -> Result<Entry> {
+    ///
+    /// Without a second hash in `content`, the content is looked up first: if it is
+    /// stored, the SHA-256 of `path` is compared with the stored bytes' (`second_hash`).
+    pub async fn commit(
+        &self,
+        user: &User,
+        target: UploadTarget,
+        mut content: NewContent,
+        path: &Path,
+    ) -> Result<Entry> {
+        if content.sha256.is_none() && self.meta.content(&content.sha1).await?.is_some() {
+            content.sha256 = Some(self.second_hash(&content, path).await?);
+        }
+        self.commit_known(user, target, content, path).await
+    }
+
+    /// `commit` once the caller has looked the content up.
+    async fn commit_known(
+        &self,
+        user: &User,
+        target: UploadTarget,
+        mut content: NewContent,
+        path: &Path,
+    ) -> Result<Entry> {
         validate_name(&target.name)?;
-        let req = CommitFile {
-            owner: user.id,
-            parent: target.parent,
-            name: target.name,
-            content,
-            conflict: target.conflict,
-            mode: FILE_MODE,
-            mtime: target.mtime,
-        };
         let objects = self.staging.objects();
         let place = |c: &Content| -> std::io::Result<()> {
             if c.store == "local" {
@@ -199,22 +214,105 @@ impl Drive {
             failpoint("upload.placed");
             Ok(())
         };
-        let entry = self.meta.commit_file(&req, &place).await?;
-        crate::metrics::add(&crate::metrics::global().uploads, 1);
-        Ok(entry)
+        // A content row can appear (a concurrent upload of the same bytes) or lose its
+        // second hash (collected and uploaded anew) between the lookup and the
+        // transaction; each time, the hashes are compared again. Three rounds are plenty:
+        // it takes a race for each.
+        let mut round = 0;
+        loop {
+            let req = CommitFile {
+                owner: user.id,
+                parent: target.parent,
+                name: target.name.clone(),
+                content: content.clone(),
+                conflict: target.conflict,
+                mode: FILE_MODE,
+                mtime: target.mtime,
+            };
+            match self.meta.commit_file(&req, &place).await {
+                Err(MetaError::Unverified) if round < 3 => {
+                    round += 1;
+                    content.sha256 = Some(self.second_hash(&content, path).await?);
+                }
+                Ok(entry) => {
+                    crate::metrics::add(&crate::metrics::global().uploads, 1);
+                    return Ok(entry);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The SHA-256 of the bytes at `path`, once it is known to equal the stored content's
+    /// of the same SHA-1 (`Collision` otherwise). The stored side's is computed from its
+    /// bytes if nobody has yet, and recorded; both run at once on blocking threads.
+    pub async fn second_hash(&self, content: &NewContent, path: &Path) -> Result<String> {
+        let stored = self.meta.content(&content.sha1).await?;
+        let ours = async {
+            if let Some(h) = &content.sha256 {
+                return Ok(h.clone());
+            }
+            let p = path.to_path_buf();
+            let h = tokio::task::spawn_blocking(move || crate::blob::sha256_file(&p))
+                .await
+                .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+                .map_err(BlobError::from)?;
+            Ok::<_, DriveError>(h)
+        };
+        let theirs = async {
+            match &stored {
+                Some(c) if c.sha256.is_empty() => Some(self.stored_sha256(c).await).transpose(),
+                Some(c) => Ok(Some(c.sha256.clone())),
+                None => Ok(None),
+            }
+        };
+        let (ours, theirs) = tokio::try_join!(ours, theirs)?;
+        let (Some(c), Some(theirs)) = (stored, theirs) else {
+            return Ok(ours); // gone meanwhile: the commit will store it as new
+        };
+        let theirs = if c.sha256.is_empty() {
+            self.meta.set_sha256(&c.sha1, &theirs).await?
+        } else {
+            theirs
+        };
+        if theirs != ours || c.size != content.size {
+            return Err(MetaError::Collision.into());
+        }
+        Ok(ours)
+    }
+
+    /// Hashes stored content from its bytes: from the local object directly, from S3
+    /// through the blob store.
+    async fn stored_sha256(&self, c: &Content) -> Result<String> {
+        use sha2::Digest;
+        if c.store == "local" {
+            let path = self.staging.objects().path(&c.sha1);
+            return Ok(tokio::task::spawn_blocking(move || crate::blob::sha256_file(&path))
+                .await
+                .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+                .map_err(BlobError::from)?);
+        }
+        let mut stream = self.blobs.read(c, 0, c.size.max(0) as u64).await?;
+        let mut h = sha2::Sha256::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            h.update(&chunk.map_err(BlobError::from)?);
+        }
+        Ok(hex::encode(h.finalize()))
     }
 
     /// A new entry for content the store already holds (instant upload). The caller has
     /// established the user's right to it.
     pub async fn link(&self, user: &User, target: UploadTarget, content: &Content) -> Result<Entry> {
         validate_name(&target.name)?;
-        let req = CommitFile {
+        let mut req = CommitFile {
             owner: user.id,
             parent: target.parent,
             name: target.name,
+            // The row's own second hash, compared with itself: the caller has established
+            // the right to this content, there are no new bytes to compare.
             content: NewContent {
                 sha1: content.sha1.clone(),
-                sha256: content.sha256.clone(),
+                sha256: Some(content.sha256.clone()),
                 size: content.size,
             },
             conflict: target.conflict,
@@ -231,7 +329,16 @@ impl Drive {
             }
             Ok(())
         };
-        let entry = self.meta.commit_file(&req, &present).await?;
+        let entry = match self.meta.commit_file(&req, &present).await {
+            // The caller's copy of the row predates its second hash being recorded (set
+            // once, never changed): compare with the row as it is now.
+            Err(MetaError::Collision) if content.sha256.is_empty() => {
+                let now = self.meta.content(&content.sha1).await?.ok_or(MetaError::NotFound)?;
+                req.content.sha256 = Some(now.sha256);
+                self.meta.commit_file(&req, &present).await?
+            }
+            other => other?,
+        };
         let m = crate::metrics::global();
         crate::metrics::add(&m.dedup_hits, 1);
         crate::metrics::add(&m.dedup_bytes_saved, content.size.max(0) as u64);

@@ -472,6 +472,34 @@ async fn dedup(backend: Backend) {
     s.stop().await;
 }
 
+/// Gives alice a file "planted" whose content row claims `bytes`' SHA-1 and size, with the
+/// second hash `sha256`; `place` puts whatever bytes the test wants behind it. Returns the
+/// SHA-1.
+async fn plant(s: &TestServer, bytes: &[u8], sha256: Option<String>, place: &filestore::meta::PlaceFn<'_>) -> String {
+    let meta = &s.running().services().meta;
+    let sha1 = {
+        use sha1::Digest;
+        hex::encode(sha1::Sha1::digest(bytes))
+    };
+    let owner = meta.user_by_name("alice").await.unwrap().unwrap();
+    let root = meta.root(owner.id).await.unwrap();
+    let planted = filestore::meta::CommitFile {
+        owner: owner.id,
+        parent: root.id,
+        name: "planted".into(),
+        content: filestore::meta::NewContent {
+            sha1: sha1.clone(),
+            sha256,
+            size: bytes.len() as i64,
+        },
+        conflict: filestore::meta::Conflict::Fail,
+        mode: 0o644,
+        mtime: None,
+    };
+    meta.commit_file(&planted, place).await.unwrap();
+    sha1
+}
+
 /// A crafted SHA-1 collision (same SHA-1, other bytes) must not link to the stored copy.
 /// Real colliding inputs are not reachable here, so the stored row is given a different
 /// SHA-256, which is what such an input would produce.
@@ -485,26 +513,7 @@ async fn collision_refused(backend: Backend) {
     };
     let meta = &s.running().services().meta;
     let bytes = b"the victim's document".to_vec();
-    let sha1 = {
-        use sha1::Digest;
-        hex::encode(sha1::Sha1::digest(&bytes))
-    };
-    let owner = meta.user_by_name("alice").await.unwrap().unwrap();
-    let root = meta.root(owner.id).await.unwrap();
-    let planted = filestore::meta::CommitFile {
-        owner: owner.id,
-        parent: root.id,
-        name: "planted".into(),
-        content: filestore::meta::NewContent {
-            sha1: sha1.clone(),
-            sha256: "ab".repeat(32),
-            size: bytes.len() as i64,
-        },
-        conflict: filestore::meta::Conflict::Fail,
-        mode: 0o644,
-        mtime: None,
-    };
-    meta.commit_file(&planted, &|_| Ok(())).await.unwrap();
+    let sha1 = plant(&s, &bytes, Some("ab".repeat(32)), &|_| Ok(())).await;
     let (st, v) = api.put("/upload", bytes).await;
     assert_eq!(
         (st, v["error"]["code"].as_str()),
@@ -513,6 +522,60 @@ async fn collision_refused(backend: Backend) {
     let (st, _) = api.get("/stat/upload").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(meta.content(&sha1).await.unwrap().unwrap().refcount, 1);
+    s.stop().await;
+}
+
+/// Content uploaded once has no second hash yet: it is computed on the first dedup hit,
+/// from the stored bytes and from the new upload's, and compared. Stored bytes that differ
+/// behind the same SHA-1 (what a crafted collision would be) refuse the upload; equal ones
+/// link it, and the stored hash is recorded once.
+async fn second_hash_on_first_dedup_hit(backend: Backend) {
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let api = Api {
+        s: &s,
+        token: s.user("alice").await,
+    };
+    let meta = &s.running().services().meta;
+    let sha256 = |b: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b))
+    };
+
+    // A fresh upload records no second hash.
+    let bytes = b"uploaded twice, hashed twice only once".to_vec();
+    let (st, v) = api.put("/first", bytes.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let sha1 = v["sha1"].as_str().unwrap().to_string();
+    assert_eq!(meta.content(&sha1).await.unwrap().unwrap().sha256, "");
+    // The second upload of the same bytes hashes both sides, links, and records it.
+    let (st, v) = api.put("/second", bytes.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let row = meta.content(&sha1).await.unwrap().unwrap();
+    assert_eq!((row.sha256, row.refcount), (sha256(&bytes), 2));
+    assert_eq!(objects_on_disk(&s), 1);
+
+    // Stored bytes that are not the upload's, under the upload's SHA-1.
+    let victim = b"the victim's other document".to_vec();
+    let mut stored = b"something else entirely".to_vec();
+    stored.resize(victim.len(), b'.');
+    let objects = s.running().services().staging.objects().clone();
+    let place = |c: &filestore::meta::Content| {
+        let path = objects.path(&c.sha1);
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(path, &stored)
+    };
+    let victim_sha1 = plant(&s, &victim, None, &place).await;
+    let (st, v) = api.put("/victim", victim).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("content_collision"))
+    );
+    let (st, _) = api.get("/stat/victim").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let row = meta.content(&victim_sha1).await.unwrap().unwrap();
+    assert_eq!((row.sha256, row.refcount), (sha256(&stored), 1));
     s.stop().await;
 }
 
@@ -617,5 +680,6 @@ both_backends! {
     users_are_isolated => isolation;
     dedup_under_concurrency => dedup;
     sha1_collision_refused => collision_refused;
+    second_hash_on_first_dedup_hit => second_hash_on_first_dedup_hit;
     openapi => openapi_documents_every_route;
 }

@@ -20,7 +20,7 @@ fn content(tag: &str) -> NewContent {
     let sha1 = format!("{:0>40}", hex_of(tag));
     NewContent {
         sha1,
-        sha256: format!("{:0>64}", hex_of(tag)),
+        sha256: Some(format!("{:0>64}", hex_of(tag))),
         size: tag.len() as i64,
     }
 }
@@ -267,7 +267,7 @@ async fn content_lifecycle(backend: Backend) {
 
     // A dedup hit with a different SHA-256 is a collision: refused, counts unchanged.
     let evil = NewContent {
-        sha256: "f".repeat(64),
+        sha256: Some("f".repeat(64)),
         ..c2.clone()
     };
     let req = CommitFile {

@@ -18,7 +18,7 @@ use futures_util::Stream;
 pub use local::{is_sha1_hex, LocalStore};
 pub use router::StoreRouter;
 pub use s3::S3Store;
-pub use staging::{hash_file, hash_rest, Digests, StagedFile, Staging};
+pub use staging::{hash_file, hash_rest, sha256_file, Digests, StagedFile, Staging};
 
 use crate::meta::Content;
 

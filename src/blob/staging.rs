@@ -33,14 +33,17 @@ pub struct Staging {
     objects: LocalStore,
 }
 
-/// A fully received upload with its hashes, not yet synced (`LocalStore::place` does that).
+/// A fully received upload with its SHA-1, not yet synced (`LocalStore::place` does that).
 /// The temp file is deleted when this is dropped, so an upload that fails or is refused
 /// leaves nothing behind.
+///
+/// The second hash (SHA-256) is not computed while the body streams in: it is only needed
+/// when the SHA-1 matches stored content, and then the drive computes it from the temp
+/// file (see `Drive::commit`).
 #[derive(Debug)]
 pub struct StagedFile {
     path: PathBuf,
     pub sha1: String,
-    pub sha256: String,
     pub size: u64,
 }
 
@@ -93,8 +96,8 @@ impl Staging {
         &self.objects
     }
 
-    /// Streams `body` into a new temp file, computing SHA-1, SHA-256 and size on the way. Over `limit` bytes the upload is refused with `TooLarge` and the temp
-    /// file removed. Memory use is bounded by the queue, whatever the body's size.
+    /// Streams `body` into a new temp file, computing SHA-1 and size on the way. Over
+    /// `limit` bytes the upload is refused with `TooLarge` and the temp file removed. Memory use is bounded by the queue, whatever the body's size.
     ///
     /// A body of at most [`SMALL_BODY`] bytes is gathered in memory first and then hashed
     /// and written in one blocking call; a larger one streams through a writer thread.
@@ -130,27 +133,21 @@ impl Staging {
     async fn write_small(&self, chunks: Vec<Bytes>, size: u64) -> Result<StagedFile, BlobError> {
         let path = self.incoming.join(format!("{}.part", crate::util::random_hex(12)));
         let target = path.clone();
-        let (sha1, sha256) = tokio::task::spawn_blocking(move || -> std::io::Result<(String, String)> {
+        let sha1 = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
             let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&target)?;
             let mut guard = TempGuard(Some(target));
-            let (mut sha1, mut sha256) = (sha1::Sha1::new(), sha2::Sha256::new());
+            let mut sha1 = sha1::Sha1::new();
             for chunk in &chunks {
                 sha1.update(chunk);
-                sha256.update(chunk);
                 file.write_all(chunk)?;
             }
             // Not synced here, like a streamed upload (see `write_and_hash`).
             guard.0 = None;
-            Ok((hex::encode(sha1.finalize()), hex::encode(sha256.finalize())))
+            Ok(hex::encode(sha1.finalize()))
         })
         .await
         .map_err(|e| std::io::Error::other(format!("writer thread: {e}")))??;
-        Ok(StagedFile {
-            path,
-            sha1,
-            sha256,
-            size,
-        })
+        Ok(StagedFile { path, sha1, size })
     }
 
     /// Streams `body` through the writer thread.
@@ -192,13 +189,12 @@ impl Staging {
         if let Some(f) = failure {
             return Err(f);
         }
-        let (sha1, sha256, written) = written?;
+        let (sha1, written) = written?;
         debug_assert_eq!(written, size);
         guard.0 = None;
         Ok(StagedFile {
             path,
             sha1,
-            sha256,
             size: written,
         })
     }
@@ -225,26 +221,15 @@ pub(crate) fn older_than(path: &Path, age: Duration) -> bool {
         .unwrap_or(false)
 }
 
-type Hashed = std::io::Result<(String, String, u64)>;
-
-/// The writer thread: hashes and writes each chunk, then fsyncs.
-fn write_and_hash(mut file: std::fs::File, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Hashed {
-    // SHA-256 runs on a second thread: one thread doing both digests capped a single
-    // upload at about 700 MB/s here. Chunks are reference-counted, so handing one over
-    // copies nothing.
-    let (to_sha256, chunks) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE);
-    let sha256 = std::thread::spawn(move || {
-        let mut h = sha2::Sha256::new();
-        for chunk in chunks {
-            h.update(&chunk);
-        }
-        hex::encode(h.finalize())
-    });
+/// The writer thread: hashes and writes each chunk.
+fn write_and_hash(
+    mut file: std::fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<(String, u64)> {
     let mut sha1 = sha1::Sha1::new();
     let mut written = 0u64;
     let mut flushed = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
-        let _ = to_sha256.send(chunk.clone());
         sha1.update(&chunk);
         file.write_all(&chunk)?;
         written += chunk.len() as u64;
@@ -256,11 +241,7 @@ fn write_and_hash(mut file: std::fs::File, mut rx: tokio::sync::mpsc::Receiver<B
     // No fsync here: if the content turns out to be stored already, these bytes are
     // dropped, and syncing them would only slow every dedup hit down to disk speed. The
     // copy that becomes the stored one is synced before it is linked (`LocalStore::place`).
-    drop(to_sha256);
-    let sha256 = sha256
-        .join()
-        .map_err(|_| std::io::Error::other("hashing thread panicked"))?;
-    Ok((hex::encode(sha1.finalize()), sha256, written))
+    Ok((hex::encode(sha1.finalize()), written))
 }
 
 #[cfg(target_os = "linux")]
@@ -276,65 +257,56 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
-/// SHA-1 and SHA-256 of the first `size` bytes of something, to be continued.
+/// SHA-1 of the first `size` bytes of something, to be continued.
 #[derive(Clone, Default)]
 pub struct Digests {
     pub sha1: sha1::Sha1,
-    pub sha256: sha2::Sha256,
     pub size: u64,
 }
 
 impl Digests {
     pub fn update(&mut self, data: &[u8]) {
         self.sha1.update(data);
-        self.sha256.update(data);
         self.size += data.len() as u64;
     }
 }
 
-/// SHA-1, SHA-256 and size of a file, read once.
-pub fn hash_file(path: &Path) -> std::io::Result<(String, String, u64)> {
+/// SHA-1 and size of a file, read once.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     hash_rest(&mut std::fs::File::open(path)?, Digests::default())
 }
 
 /// Continues `digests` (over the first `digests.size` bytes of `file`) to the end of the
-/// file. The two digests run on two threads so that completing a large chunked upload
-/// costs about one hash, not two.
-pub fn hash_rest(file: &mut std::fs::File, digests: Digests) -> std::io::Result<(String, String, u64)> {
-    use std::io::{Read, Seek, SeekFrom};
-    let Digests {
-        mut sha1,
-        sha256,
-        mut size,
-    } = digests;
+/// file.
+pub fn hash_rest(file: &mut std::fs::File, digests: Digests) -> std::io::Result<(String, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let Digests { mut sha1, mut size } = digests;
     file.seek(SeekFrom::Start(size))?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
-    let sha256 = std::thread::spawn(move || {
-        let mut h = sha256;
-        for chunk in rx {
-            h.update(&chunk);
-        }
-        hex::encode(h.finalize())
-    });
+    size += read_chunks(file, |chunk| sha1.update(chunk))?;
+    Ok((hex::encode(sha1.finalize()), size))
+}
+
+/// SHA-256 of a file: the second hash, compared when a SHA-1 matches stored content.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut h = sha2::Sha256::new();
+    read_chunks(&mut std::fs::File::open(path)?, |chunk| h.update(chunk))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Feeds the rest of `file` to `f` in large reads; returns how many bytes it read.
+fn read_chunks(file: &mut std::fs::File, mut f: impl FnMut(&[u8])) -> std::io::Result<u64> {
+    use std::io::Read;
+    // 512 KiB: below the allocator's mmap threshold, so the buffer comes from the heap.
+    let mut buf = vec![0u8; 512 << 10];
+    let mut total = 0u64;
     loop {
-        // 512 KiB: below the allocator's mmap threshold, so buffers come from the heap
-        // instead of one mmap/munmap pair per read.
-        let mut buf = vec![0u8; 512 << 10];
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        buf.truncate(n);
-        let chunk = Bytes::from(buf);
-        sha1.update(&chunk);
-        size += n as u64;
-        if tx.send(chunk).is_err() {
-            break;
-        }
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        f(&buf[..n]);
+        total += n as u64;
     }
-    drop(tx);
-    let sha256 = sha256
-        .join()
-        .map_err(|_| std::io::Error::other("hashing thread panicked"))?;
-    Ok((hex::encode(sha1.finalize()), sha256, size))
 }

@@ -22,6 +22,10 @@ pub enum MetaError {
     /// it cannot poison the deduplicated copy.
     #[error("content collides with stored content of the same SHA-1")]
     Collision,
+    /// Same SHA-1 as stored content whose second hash is not known on one side yet: the
+    /// caller computes what is missing (`Drive::commit` does) and commits again.
+    #[error("content of this SHA-1 is stored and must be compared first")]
+    Unverified,
     #[error("too many dead properties on one entry")]
     TooManyProps,
     #[error("storing content bytes: {0}")]

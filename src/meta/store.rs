@@ -381,6 +381,22 @@ impl MetaStore {
         Ok(sqlx::query_as(sql).bind(sha1).fetch_optional(&self.pool).await?)
     }
 
+    /// Records the second hash of stored content, computed from its bytes, unless one is
+    /// recorded already. Returns the hash the row holds afterwards.
+    pub async fn set_sha256(&self, sha1: &str, sha256: &str) -> Result<String, MetaError> {
+        let _g = self.write_gate().await;
+        sqlx::query("UPDATE files SET sha256 = ? WHERE sha1 = ? AND sha256 = ''")
+            .bind(sha256)
+            .bind(sha1)
+            .execute(&self.pool)
+            .await?;
+        let stored: Option<String> = sqlx::query_scalar("SELECT sha256 FROM files WHERE sha1 = ?")
+            .bind(sha1)
+            .fetch_optional(&self.pool)
+            .await?;
+        stored.ok_or(MetaError::NotFound)
+    }
+
     /// Contents whose last reference went away before `cutoff`.
     pub async fn gc_candidates(&self, cutoff: i64, limit: i64) -> Result<Vec<String>, MetaError> {
         Ok(sqlx::query_scalar(

@@ -7,8 +7,8 @@ use super::error::unique;
 use super::store::{entry_cols, file_cols, last_id, retry_txn, Conn};
 use super::types::EntryRow;
 use super::{
-    now_ms, CommitFile, Conflict, Content, DeleteStats, Dialect, Entry, EntryKind, MetaError, MetaStore, Overwrite,
-    PlaceFn,
+    now_ms, CommitFile, Conflict, Content, DeleteStats, Dialect, Entry, EntryKind, MetaError, MetaStore, NewContent,
+    Overwrite, PlaceFn,
 };
 
 /// Deletes and id lists are sent in batches of this many placeholders.
@@ -149,39 +149,16 @@ impl MetaStore {
         let mut tx = self.begin().await?;
         // The upsert is the first statement so that it takes the content row's lock before
         // anything is read: a garbage collection of the same content cannot interleave.
-        let content: Content = match self.dialect {
-            // The row as it is after the upsert, in the same statement: one round trip to
-            // the database thread fewer while the write gate is held.
-            Dialect::Sqlite => {
-                let sql = concat!(
-                    "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?) \
-                     ON CONFLICT (sha1) DO UPDATE SET refcount = refcount + 1, zero_since = NULL RETURNING ",
-                    file_cols!()
-                );
-                sqlx::query_as(sql)
-                    .bind(&c.sha1)
-                    .bind(&c.sha256)
-                    .bind(c.size)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?
-            }
-            Dialect::MySql => {
-                sqlx::query(
-                    "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?) \
-                     ON DUPLICATE KEY UPDATE refcount = refcount + 1, zero_since = NULL",
-                )
-                .bind(&c.sha1)
-                .bind(&c.sha256)
-                .bind(c.size)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
-                sqlx::query_as(sql).bind(&c.sha1).fetch_one(&mut *tx).await?
-            }
-        };
-        if content.sha256 != c.sha256 || content.size != c.size {
+        let content = upsert_content(&mut tx, self.dialect, c, now).await?;
+        match &c.sha256 {
+            Some(ours) if *ours == content.sha256 => {}
+            // Stored content whose second hash nobody has computed yet.
+            Some(_) if content.sha256.is_empty() => return Err(MetaError::Unverified),
+            Some(_) => return Err(MetaError::Collision),
+            // `upsert_content` inserted the row: it did not exist.
+            None => {}
+        }
+        if content.size != c.size {
             return Err(MetaError::Collision);
         }
         let existing = match req.conflict {
@@ -457,6 +434,51 @@ impl MetaStore {
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
         tx.commit().await?;
         Ok(e)
+    }
+}
+
+/// Inserts the content row, or takes a reference on the existing one, and returns the row
+/// as it is now. The upsert is the transaction's first statement so that it takes the
+/// row's lock before anything is read: a garbage collection of the same content cannot
+/// interleave.
+///
+/// Without a second hash (`sha256: None`) the row must be new: it is a plain insert, and
+/// an existing row is `Unverified` (the caller compares the bytes first).
+async fn upsert_content(c: &mut Conn, dialect: Dialect, n: &NewContent, now: i64) -> Result<Content, MetaError> {
+    let sha256 = n.sha256.as_deref().unwrap_or("");
+    let on_conflict = match (dialect, n.sha256.is_some()) {
+        (_, false) => "",
+        (Dialect::Sqlite, true) => " ON CONFLICT (sha1) DO UPDATE SET refcount = refcount + 1, zero_since = NULL",
+        (Dialect::MySql, true) => " ON DUPLICATE KEY UPDATE refcount = refcount + 1, zero_since = NULL",
+    };
+    let insert = format!(
+        "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?){on_conflict}{}",
+        match dialect {
+            // The row after the upsert, in the same statement: one round trip to the
+            // database thread fewer while the write gate is held.
+            Dialect::Sqlite => concat!(" RETURNING ", file_cols!()),
+            Dialect::MySql => "",
+        }
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(insert))
+        .bind(&n.sha1)
+        .bind(sha256)
+        .bind(n.size)
+        .bind(now);
+    let refused = |e: sqlx::Error| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => MetaError::Unverified,
+        _ => MetaError::Db(e),
+    };
+    match dialect {
+        Dialect::Sqlite => {
+            let row = query.fetch_one(&mut *c).await.map_err(refused)?;
+            Ok(sqlx::FromRow::from_row(&row)?)
+        }
+        Dialect::MySql => {
+            query.execute(&mut *c).await.map_err(refused)?;
+            let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
+            Ok(sqlx::query_as(sql).bind(&n.sha1).fetch_one(&mut *c).await?)
+        }
     }
 }
 

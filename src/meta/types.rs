@@ -41,6 +41,8 @@ impl From<UserRow> for User {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Content {
     pub sha1: String,
+    /// The second hash, or empty while nobody has needed it yet: it is computed from the
+    /// stored bytes on the first upload whose SHA-1 matches (see `Drive::commit`).
     pub sha256: String,
     pub size: i64,
     pub refcount: i64,
@@ -51,11 +53,14 @@ pub struct Content {
     pub created_at: i64,
 }
 
-/// The identity of content just received: both hashes are computed by the server.
+/// The identity of content just received, hashed by the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewContent {
     pub sha1: String,
-    pub sha256: String,
+    /// `None`: the caller expects the content to be new and has not computed the second
+    /// hash; if a row of that SHA-1 exists after all, the commit fails with
+    /// `MetaError::Unverified`. `Some`: compared with the stored row's.
+    pub sha256: Option<String>,
     pub size: i64,
 }
 

@@ -22,7 +22,7 @@ use tracing::warn;
 use super::{port_entry, unsupported_owner, DEFAULT_RETRY_FOR, UNLIMITED_BYTES};
 use crate::blob::BlobError;
 use crate::drive::{Drive, DriveError, UploadTarget};
-use crate::meta::{Conflict, Entry, MetaError, Overwrite, User};
+use crate::meta::{Conflict, Entry, MetaError, NewContent, Overwrite, User};
 
 /// A user's tree on this server's drive, as the mount's port.
 pub struct DriveTree {
@@ -151,7 +151,7 @@ impl DriveTree {
             }
         };
         let path = put.source.to_path_buf();
-        let (sha1, sha256, size) = tokio::task::spawn_blocking(move || crate::blob::hash_file(&path))
+        let (sha1, size) = tokio::task::spawn_blocking(move || crate::blob::hash_file(&path))
             .await
             .map_err(|e| PortError::Other(e.to_string().into()))?
             .map_err(|e| PortError::Other(Box::new(e)))?;
@@ -165,8 +165,23 @@ impl DriveTree {
             ));
         }
         let known = self.drive.meta().content(&sha1).await.map_err(meta_err)?;
+        // Stored content of that SHA-1: link to it if the second hashes agree.
+        let same = if known.is_some() {
+            let ours = NewContent {
+                sha1: sha1.clone(),
+                sha256: None,
+                size: size as i64,
+            };
+            match self.drive.second_hash(&ours, put.source).await {
+                Ok(_) => true,
+                Err(DriveError::Meta(MetaError::Collision)) => false,
+                Err(e) => return Err(port_err(e)),
+            }
+        } else {
+            false
+        };
         let linked = match known {
-            Some(c) if c.sha256 == sha256 && c.size as u64 == size => {
+            Some(c) if same => {
                 match self.drive.link(&self.user, target.clone(), &c).await {
                     Ok(e) => Some(e),
                     // The bytes went away (collected meanwhile): send them.

@@ -328,9 +328,9 @@ impl Uploads {
             return Err(UploadError::Incomplete(missing));
         }
         let (prefix, key) = (self.prefix.clone(), id.to_owned());
-        let (sha1, sha256, size, file) = blocking(move || {
-            let hashed = hash_rest(&mut file, prefix.take(&key))?;
-            Ok((hashed.0, hashed.1, hashed.2, file))
+        let (sha1, size, file) = blocking(move || {
+            let (sha1, size) = hash_rest(&mut file, prefix.take(&key))?;
+            Ok((sha1, size, file))
         })
         .await?;
         if sha1 != s.sha1 || size as i64 != s.size {
@@ -345,7 +345,7 @@ impl Uploads {
                 target,
                 NewContent {
                     sha1,
-                    sha256,
+                    sha256: None,
                     size: size as i64,
                 },
                 &path,
