@@ -794,7 +794,7 @@ def render(a, targets, R, pc_mbps, sync_mbps, dedup_checks, verified, hwm, elaps
              "with curl's `Expect: 100-continue`), to a new name each time; both servers get the same file in a "
              "round, so filestore never gets a dedup hit on the measured PUT. GET with `curl -o /dev/null`, "
              "the file still in the page cache on both sides. `sync` before each timed PUT." % a.src_dir)
-    L.append("- filestore hashes (SHA-1 + SHA-256) and fsyncs every upload before answering; nginx only "
+    L.append("- filestore hashes (SHA-1; SHA-256 too on a dedup hit) and fsyncs every upload before answering; nginx only "
              "writes into the page cache (no fsync), so the PUT ratio includes the cost of durability; "
              "compare with the disk reference above.")
     L.append("- Dedup re-PUT: the same file again, new name, right after the fresh PUT (and a `sync`): the "

@@ -14,6 +14,11 @@
 //! 5. After the commit: the entry is visible and complete; only the temp file is left,
 //!    and the sweep removes it.
 //!
+//! A dedup hit (the SHA-1 is stored) skips step 3 and compares second hashes instead: the
+//! SHA-256 of the new bytes, and, if nobody has yet, that of the stored bytes, which is
+//! recorded in the content row. A crash after that leaves the row with a hash computed
+//! from its own bytes (true whatever happens next) and the temp file for the sweep.
+//!
 //! Step 3 runs outside the metadata store's write gate and off the async threads, so the
 //! fsyncs of concurrent uploads overlap (the file system commits their journal entries
 //! together) instead of queueing one after another behind SQLite's single writer.
@@ -145,6 +150,7 @@ impl Drive {
         match known {
             Some(c) if c.store != "local" || self.staging.objects().contains(&c.sha1) => {
                 content.sha256 = Some(self.second_hash(&content, staged.path()).await?);
+                failpoint("upload.verified");
                 crate::metrics::add(&m.dedup_hits, 1);
                 crate::metrics::add(&m.dedup_bytes_saved, staged.size);
             }

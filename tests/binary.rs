@@ -276,6 +276,47 @@ fn crash_at_each_upload_step_of(size: u32) {
     }
 }
 
+/// A crash on a dedup hit, after the second hashes are compared (the stored one recorded)
+/// and before the commit: the first file is intact, the second invisible, one object.
+#[test]
+fn crash_on_a_dedup_hit() {
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("drive");
+    add_user(&data, "alice");
+    let file = dir.path().join("payload");
+    std::fs::write(&file, &payload).unwrap();
+    let put = |server: &Proc, name: &str| {
+        let token = signin(&server.base, "alice");
+        let url = format!("{}/api/v1/files/{name}", server.base);
+        let auth = format!("authorization: Bearer {token}");
+        curl(&["-sS", "-T", file.to_str().unwrap(), "-H", "Expect:", "-H", &auth, &url]).0
+    };
+    let server = serve(&data, "");
+    assert_eq!(put(&server, "first"), 201);
+    drop(server);
+    let mut server = serve(&data, "upload.verified");
+    assert_eq!(put(&server, "second"), 0, "the process died before answering");
+    assert!(!server.child.wait().unwrap().success());
+
+    let server = serve(&data, "");
+    let token = signin(&server.base, "alice");
+    let auth = format!("authorization: Bearer {token}");
+    let get = |name: &str| curl(&["-sS", "-H", &auth, &format!("{}/api/v1/files/{name}", server.base)]);
+    let (code, body) = get("first");
+    assert!(code == 200 && body == payload, "the stored file is intact");
+    assert_eq!(get("second").0, 404, "nothing of the second upload is visible");
+    // The hit is taken again after the restart, against the recorded hash.
+    assert_eq!(put(&server, "second"), 201);
+    assert!(get("second").1 == payload);
+    drop(server);
+    let out = cmd(&data).arg("gc").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (incoming, objects) = staging(&data);
+    assert!(incoming.is_empty(), "temp files removed: {incoming:?}");
+    assert_eq!(objects.len(), 1, "one stored copy: {objects:?}");
+}
+
 /// SIGKILL while the body is still streaming in.
 #[test]
 fn killed_mid_body() {
