@@ -284,6 +284,33 @@ async fn large_directory(backend: Backend) {
         "the directory and its 10,000 children"
     );
     assert!(text.contains("d09999/"));
+
+    // A directory smaller than a listing page: its and its children's dead properties
+    // come from one query (MetaStore::props_in_dir), on both backends.
+    for i in 0..3 {
+        meta.mkdir(u.id, root.id, &format!("x{i}"), 0o755).await.unwrap();
+    }
+    let set = |v: &str| {
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:t"><D:set><D:prop><Z:tag>{v}</Z:tag></D:prop></D:set></D:propertyupdate>"#
+        )
+    };
+    for (path, v) in [("/x1/", "one"), ("/", "root")] {
+        let r = dav(&s, "PROPPATCH", path, "alice").body(set(v)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::MULTI_STATUS);
+    }
+    let r = dav(&s, "PROPFIND", "/", "alice")
+        .header("depth", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::MULTI_STATUS);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(">one</Z:tag>") && text.contains(">root</Z:tag>"),
+        "{text}"
+    );
+    assert_eq!(text.matches("<D:href>").count(), 5, "root, big and x0..x2: {text}");
     s.stop().await;
 }
 
