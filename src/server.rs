@@ -171,6 +171,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             tokio::spawn(crate::transfer::amqp::relay(t.clone(), background_rx.clone()))
         });
     }
+    // SQLite's log is checkpointed here rather than inside whichever request crosses the line.
+    background.push(tokio::spawn(
+        services.meta.clone().run_checkpoints(background_rx.clone()),
+    ));
     background.push(tokio::spawn(
         services
             .housekeeping(&cfg)

@@ -10,6 +10,7 @@
 //! are serialised by an in-process gate (SQLite allows one writer; a deferred transaction
 //! that reads and then writes can fail with SQLITE_BUSY instead of waiting).
 
+mod checkpoint;
 mod error;
 mod outbox;
 mod props;

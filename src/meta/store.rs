@@ -6,8 +6,9 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::Mutex;
 
+use super::checkpoint::{Pending, WriteGate, BACKSTOP_PAGES};
 use super::error::unique;
 use super::types::{EntryKind, UserRow};
 use super::{now_ms, Content, MetaError, RemoveFn, User};
@@ -61,6 +62,8 @@ pub struct MetaStore {
     /// SQLite has one writer at a time: write transactions queue here instead of failing
     /// with SQLITE_BUSY when a deferred transaction upgrades to a write.
     gate: Option<Arc<Mutex<()>>>,
+    /// SQLite: write transactions counted for the background checkpoints (checkpoint.rs).
+    pub(super) pending: Option<Arc<Pending>>,
     /// Whether new content gets a transfer job (object storage is configured).
     pub(super) outbox: bool,
 }
@@ -135,10 +138,13 @@ impl MetaStore {
                     if dialect == Dialect::Sqlite {
                         // WAL lets readers run beside the writer; NORMAL is durable across
                         // process crashes in WAL mode (only an OS crash can lose the last
-                        // commits, never corrupt the file).
-                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;")
-                            .execute(&mut *conn)
-                            .await?;
+                        // commits, never corrupt the file). Checkpoints run in the
+                        // background (checkpoint.rs): a connection does one only as a backstop.
+                        let pragmas = format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                             PRAGMA busy_timeout = 30000; PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES};"
+                        );
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas)).execute(&mut *conn).await?;
                     } else {
                         // Names are VARBINARY; everything else is ASCII or utf8mb4.
                         sqlx::raw_sql("SET NAMES utf8mb4").execute(&mut *conn).await?;
@@ -149,10 +155,12 @@ impl MetaStore {
             .connect_with(options)
             .await?;
         let gate = (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let pending = (dialect == Dialect::Sqlite).then(|| Arc::new(Pending::default()));
         Ok(MetaStore {
             pool,
             dialect,
             gate,
+            pending,
             outbox: false,
         })
     }
@@ -187,10 +195,13 @@ impl MetaStore {
         self.pool.close().await;
     }
 
-    pub(super) async fn write_gate(&self) -> Option<MutexGuard<'_, ()>> {
-        match &self.gate {
-            Some(m) => Some(m.lock().await),
-            None => None,
+    pub(super) async fn write_gate(&self) -> WriteGate<'_> {
+        WriteGate {
+            _lock: match &self.gate {
+                Some(m) => Some(m.lock().await),
+                None => None,
+            },
+            pending: self.pending.as_deref(),
         }
     }
 
