@@ -19,7 +19,8 @@ users (`bench`, the owner of everything uploaded here, and `other`), signs the C
                    chunk, the server verifies it): what the CLI sends, without its up-front hash
            MB/s = 1 GiB / wall time; ratios are per round against the single PUT.
   instant  POST /api/v1/instant by the owner, to new paths, for a 1 MiB and a 1 GiB content,
-           requests interleaved (1 MiB, 1 GiB, 1 MiB, ...) on one keep-alive connection.
+           requests interleaved on one keep-alive connection, in pairs whose order is random
+           (seeded: --seed).
   proof    the same contents claimed by `other`: challenge request, answer computed from the
            local file (SHA-1 of nonce || range), proof request -> 201. The entry is deleted
            (untimed) after each round trip, so that `other` never owns the content.
@@ -36,6 +37,7 @@ import http.client
 import json
 import os
 import platform
+import random
 import re
 import subprocess
 import sys
@@ -230,7 +232,14 @@ def main():
     ap.add_argument("--instant-n", type=int, default=200)
     ap.add_argument("--hash-reps", type=int, default=5)
     ap.add_argument("--info", default="")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the instant part's request order")
+    ap.add_argument("--parts", default="large,instant,hashing",
+                    help="comma-separated parts to run (large, instant, hashing); without `large`, the "
+                         "large content for the other parts is generated and PUT untimed")
     a = ap.parse_args()
+    a.parts = set(a.parts.split(","))
+    if not a.parts or a.parts - {"large", "instant", "hashing"}:
+        ap.error("--parts takes large, instant and/or hashing")
     started = time.time()
     nbytes = a.large_mib * MIB
     fs = fs_target(a, a.token)
@@ -252,7 +261,7 @@ def main():
     # ------------------------------------------------------------ 1 GiB: PUT vs chunked
     owned_src, owned_sha1 = None, None
     ways = ["put", "cli", "raw", "rawsha"]
-    for r in range(a.rounds):
+    for r in range(a.rounds if "large" in a.parts else 0):
         log("round %d/%d" % (r + 1, a.rounds))
         rec("quiet_wait_s", core.wait_quiet([a.server_pid], "round %d" % (r + 1), log)[0])
         k = r % len(ways)
@@ -329,6 +338,13 @@ def main():
         for way in ways:
             rec(way + "_ratio", R[way + "_MBps"][-1] / R["put_MBps"][-1])
 
+    if owned_src is None:  # the large part did not run: the owned content is PUT untimed
+        owned_src = os.path.join(a.src_dir, "owned.bin")
+        owned_sha1 = core.gen_random(owned_src, nbytes)
+        m = core.curl_transfer(fs, "up/owned.bin", put_src=owned_src)
+        if m["code"] != 201:
+            problem("PUT of the large source -> %d" % m["code"])
+
     # ------------------------------------------------------------ instant upload
     small_src = os.path.join(a.src_dir, "small.bin")
     small_sha1 = core.gen_random(small_src, MIB)
@@ -339,13 +355,38 @@ def main():
     big_key = "1GiB" if a.large_mib == 1024 else "%dMiB" % a.large_mib
     sizes = [("1MiB", small_src, small_sha1, MIB), (big_key, owned_src, owned_sha1, nbytes)]
 
+    inst, proof = {}, {}
+    if "instant" in a.parts:
+        inst, proof = instant_part(a, owner, other, sizes, nbytes, owned_sha1, checks)
+
+    # ------------------------------------------------------------ client hashing vs sha1sum
+    H = {}
+    if "hashing" in a.parts:
+        H = hashing_part(a, owned_src, owned_sha1, small_src, nbytes)
+    os.unlink(owned_src)
+    os.unlink(small_src)
+
+    hwm = core.status_kib(a.server_pid, "VmHWM") / 1024
+    report = render(a, R, inst, proof, H, checks, hwm, time.time() - started, big_key)
+    print(report)
+    with open(a.out, "w") as f:
+        f.write(report)
+    log("report written to %s" % a.out)
+    return 1 if PROBLEMS else 0
+
+
+def instant_part(a, owner, other, sizes, nbytes, owned_sha1, checks):
+    """Instant upload by the owner (interleaved sizes) and by another user with a proof."""
     core.wait_quiet([a.server_pid], "instant", log)
     log("instant upload by the owner: %d requests per size, interleaved" % a.instant_n)
     lat = {k: [] for k, *_ in sizes}
     bad = []
+    # Which size goes first in each pair is random (seeded). With a fixed pattern, a server
+    # cost that recurs every k requests lands on the same size whenever k is a multiple of
+    # the pattern's period: SQLite's WAL checkpoint, every ~100 commits, did that.
+    rng = random.Random(a.seed)
     for i in range(-5, a.instant_n):  # 5 warm-up requests per size, not counted
-        # Which size goes first alternates, so neither side always follows the other.
-        for key, _src, sha1, size in (sizes if i % 2 == 0 else sizes[::-1]):
+        for key, _src, sha1, size in rng.sample(sizes, 2):
             body = dict(path="/inst/%s-%d.bin" % (key, i), size=size, sha1=sha1)
             t0 = time.perf_counter()
             st, data = owner.call("POST", "/api/v1/instant", body)
@@ -369,7 +410,7 @@ def main():
     fds = {key: os.open(src, os.O_RDONLY) for key, src, *_ in sizes}
     lengths = set()
     for i in range(-5, a.instant_n):
-        for key, _src, sha1, size in sizes:
+        for key, _src, sha1, size in rng.sample(sizes, 2):
             path = "/proof-%s-%d.bin" % (key, i)
             t0 = time.perf_counter()
             st, data = other.call("POST", "/api/v1/instant", dict(path=path, size=size, sha1=sha1))
@@ -420,8 +461,11 @@ def main():
                proof[key]["proof"]["p50"]))
     for fd in fds.values():
         os.close(fd)
+    return inst, proof
 
-    # ------------------------------------------------------------ client hashing vs sha1sum
+
+def hashing_part(a, owned_src, owned_sha1, small_src, nbytes):
+    """`filestore upload` (instant) of the owned large file vs sha1sum and openssl."""
     core.wait_quiet([a.server_pid], "hashing", log)
     log("hashing: sha1sum, openssl sha1, filestore upload (instant) of the owned 1 GiB file, %d reps" % a.hash_reps)
     H = {}
@@ -459,16 +503,7 @@ def main():
             "progress line %s MB/s)" % (rep + 1, H["sha1sum_MBps"][-1], H["openssl_MBps"][-1], H["cli_MBps"][-1],
                                         H["cli_wall_1g_s"][-1], H["cli_wall_1m_s"][-1],
                                         fmt(H.get("cli_progress_MBps", [None])[-1], 0)))
-    os.unlink(owned_src)
-    os.unlink(small_src)
-
-    hwm = core.status_kib(a.server_pid, "VmHWM") / 1024
-    report = render(a, R, inst, proof, H, checks, hwm, time.time() - started, big_key)
-    print(report)
-    with open(a.out, "w") as f:
-        f.write(report)
-    log("report written to %s" % a.out)
-    return 1 if PROBLEMS else 0
+    return H
 
 
 def verdict(ok):
@@ -481,111 +516,121 @@ def render(a, R, inst, proof, H, checks, hwm, elapsed, big_key):
     L = []
     L.append("# filestore upload benchmark — %s" % datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
     L.append("")
-    L.append("One filestore server, embedded default (SQLite + local disk), release build, loopback. "
-             "%d rounds, order of the four uploads rotating; medians, (min–max) in brackets; ratios are the "
-             "median of per-round ratios to the single PUT of the same round. MB = 10^6 bytes." % a.rounds)
-    L.append("")
-    L.append("## %s upload: single streamed PUT vs chunked (%d chunks in flight)" % (big, a.parallel))
-    L.append("")
-    L.append("| upload of a fresh %s file | MB/s | seconds | / single PUT | server CPU s | server peak RSS MiB "
-             "| disk written MiB |" % big)
-    L.append("|---|---|---|---|---|---|---|")
-    rows = [("put", "single PUT, `curl -T` (server hashes while receiving)"),
-            ("cli", "`filestore upload --parallel %d` (end to end, incl. local SHA-1)" % a.parallel),
-            ("raw", "chunked protocol from python, %d parallel PUTs, no client hashing" % a.parallel),
-            ("rawsha", "same, each part with X-Chunk-Sha1 (python hashes each chunk, the server verifies it)")]
-    for way, label in rows:
-        L.append("| %s | %s%s | %s%s | %s%s | %s | %s | %s |" % (
-            label, fmt(med(R[way + "_MBps"])), spread(R[way + "_MBps"]), fmt(med(R[way + "_s"]), 2),
-            spread(R[way + "_s"], 2), fmt(med(R[way + "_ratio"]), 2), spread(R[way + "_ratio"], 2),
-            fmt(med(R[way + "_server_cpu_s"]), 2), "%s (%s before)" % (fmt(med(R[way + "_rss_peak_mib"])),
-                                                                    fmt(med(R[way + "_rss_before_mib"]))),
-            fmt(med(R[way + "_disk_mib"]), 0)))
-    L.append("")
-    for way, label in (("raw", "Raw chunked flow"), ("rawsha", "Raw flow with X-Chunk-Sha1")):
-        L.append("%s, phases (medians): init %s s; %s chunks of %s MiB sent in %s s%s (%s MB/s; per-part "
-                 "p50 %s ms, p99 %s ms); complete (server hashes what its running hash has not reached yet, then commits) "
-                 "%s s%s." % (label, fmt(med(R[way + "_init_s"]), 3), fmt(med(R["raw_chunks"]), 0),
-                              fmt(med(R["raw_chunk_mib"]), 1), fmt(med(R[way + "_parts_s"]), 2),
-                              spread(R[way + "_parts_s"], 2), fmt(med(R[way + "_parts_MBps"])),
-                              fmt(med(R[way + "_part_p50_ms"])), fmt(med(R[way + "_part_p99_ms"])),
-                              fmt(med(R[way + "_complete_s"]), 2), spread(R[way + "_complete_s"], 2)))
-        L.append("")
-    if R.get("cli_upload_hash_MBps"):
-        L.append("CLI: its whole-file SHA-1 before the first byte is sent ran at %s MB/s (its progress line), "
-                 "i.e. %s s of its %s s; the remaining %s s (instant attempt, %d chunks, "
-                 "complete) compare with the raw flow's %s s, %s s with X-Chunk-Sha1." % (
-                     fmt(med(R["cli_upload_hash_MBps"]), 0), fmt(med(R["cli_hash_s"]), 2), fmt(med(R["cli_s"]), 2),
-                     fmt(med([x - y for x, y in zip(R["cli_s"], R["cli_hash_s"])]), 2), med(R["raw_chunks"]),
-                     fmt(med(R["raw_s"]), 2), fmt(med(R["rawsha_s"]), 2)))
-    quiet = [i for i in range(len(R["put_MBps"]))
-             if all(R[w + "_others_cpu_s"][i] < QUIET_ROUND_CPU_S for w in ("put", "cli", "raw", "rawsha"))]
-    if quiet:
-        def qm(k):
-            return med([R[k][i] for i in quiet])
-        L.append("Rounds in which other processes used < %.1f CPU-s during each of the uploads: %s. Medians "
-                 "over those: single PUT %s MB/s, CLI %s MB/s (%s×), raw %s MB/s (%s×), raw with X-Chunk-Sha1 "
-                 "%s MB/s (%s×)." % (
-                     QUIET_ROUND_CPU_S, ", ".join("r%d" % (i + 1) for i in quiet), fmt(qm("put_MBps")),
-                     fmt(qm("cli_MBps")), fmt(qm("cli_ratio"), 2), fmt(qm("raw_MBps")), fmt(qm("raw_ratio"), 2),
-                     fmt(qm("rawsha_MBps")), fmt(qm("rawsha_ratio"), 2)))
+    if R:
+        L.append("One filestore server, embedded default (SQLite + local disk), release build, loopback. "
+                 "%d rounds, order of the four uploads rotating; medians, (min–max) in brackets; ratios are the "
+                 "median of per-round ratios to the single PUT of the same round. MB = 10^6 bytes." % a.rounds)
     else:
-        L.append("No round had fewer than %.1f CPU-s used by other processes during each of its uploads: "
-                 "the machine was busy with other work throughout (see the per-round table)." % QUIET_ROUND_CPU_S)
-    cli_r, raw_r, rs_r = med(R["cli_ratio"]), med(R["raw_ratio"]), med(R["rawsha_ratio"])
+        L.append("One filestore server, embedded default (SQLite + local disk), release build, loopback.")
+    if a.parts != {"large", "instant", "hashing"}:
+        L.append("")
+        L.append("Parts run: %s (`--only`)%s." % (", ".join(sorted(a.parts)), "" if "large" in a.parts else
+                                                  "; the large content the other parts use was PUT untimed"))
     L.append("")
-    L.append("Target chunked ≥ 0.8× single PUT: CLI %s (%s), raw protocol %s (%s), raw with X-Chunk-Sha1 %s (%s)."
-             % (fmt(cli_r, 2), verdict(cli_r >= 0.8), fmt(raw_r, 2), verdict(raw_r >= 0.8), fmt(rs_r, 2),
-                verdict(rs_r >= 0.8)))
-    L.append("")
+    if R:
+        L.append("## %s upload: single streamed PUT vs chunked (%d chunks in flight)" % (big, a.parallel))
+        L.append("")
+        L.append("| upload of a fresh %s file | MB/s | seconds | / single PUT | server CPU s | server peak RSS MiB "
+                 "| disk written MiB |" % big)
+        L.append("|---|---|---|---|---|---|---|")
+        rows = [("put", "single PUT, `curl -T` (server hashes while receiving)"),
+                ("cli", "`filestore upload --parallel %d` (end to end, incl. local SHA-1)" % a.parallel),
+                ("raw", "chunked protocol from python, %d parallel PUTs, no client hashing" % a.parallel),
+                ("rawsha", "same, each part with X-Chunk-Sha1 (python hashes each chunk, the server verifies it)")]
+        for way, label in rows:
+            L.append("| %s | %s%s | %s%s | %s%s | %s | %s | %s |" % (
+                label, fmt(med(R[way + "_MBps"])), spread(R[way + "_MBps"]), fmt(med(R[way + "_s"]), 2),
+                spread(R[way + "_s"], 2), fmt(med(R[way + "_ratio"]), 2), spread(R[way + "_ratio"], 2),
+                fmt(med(R[way + "_server_cpu_s"]), 2), "%s (%s before)" % (fmt(med(R[way + "_rss_peak_mib"])),
+                                                                        fmt(med(R[way + "_rss_before_mib"]))),
+                fmt(med(R[way + "_disk_mib"]), 0)))
+        L.append("")
+        for way, label in (("raw", "Raw chunked flow"), ("rawsha", "Raw flow with X-Chunk-Sha1")):
+            L.append("%s, phases (medians): init %s s; %s chunks of %s MiB sent in %s s%s (%s MB/s; per-part "
+                     "p50 %s ms, p99 %s ms); complete (server hashes what its running hash has not reached yet, then commits) "
+                     "%s s%s." % (label, fmt(med(R[way + "_init_s"]), 3), fmt(med(R["raw_chunks"]), 0),
+                                  fmt(med(R["raw_chunk_mib"]), 1), fmt(med(R[way + "_parts_s"]), 2),
+                                  spread(R[way + "_parts_s"], 2), fmt(med(R[way + "_parts_MBps"])),
+                                  fmt(med(R[way + "_part_p50_ms"])), fmt(med(R[way + "_part_p99_ms"])),
+                                  fmt(med(R[way + "_complete_s"]), 2), spread(R[way + "_complete_s"], 2)))
+            L.append("")
+        if R.get("cli_upload_hash_MBps"):
+            L.append("CLI: its whole-file SHA-1 before the first byte is sent ran at %s MB/s (its progress line), "
+                     "i.e. %s s of its %s s; the remaining %s s (instant attempt, %d chunks, "
+                     "complete) compare with the raw flow's %s s, %s s with X-Chunk-Sha1." % (
+                         fmt(med(R["cli_upload_hash_MBps"]), 0), fmt(med(R["cli_hash_s"]), 2), fmt(med(R["cli_s"]), 2),
+                         fmt(med([x - y for x, y in zip(R["cli_s"], R["cli_hash_s"])]), 2), med(R["raw_chunks"]),
+                         fmt(med(R["raw_s"]), 2), fmt(med(R["rawsha_s"]), 2)))
+        quiet = [i for i in range(len(R["put_MBps"]))
+                 if all(R[w + "_others_cpu_s"][i] < QUIET_ROUND_CPU_S for w in ("put", "cli", "raw", "rawsha"))]
+        if quiet:
+            def qm(k):
+                return med([R[k][i] for i in quiet])
+            L.append("Rounds in which other processes used < %.1f CPU-s during each of the uploads: %s. Medians "
+                     "over those: single PUT %s MB/s, CLI %s MB/s (%s×), raw %s MB/s (%s×), raw with X-Chunk-Sha1 "
+                     "%s MB/s (%s×)." % (
+                         QUIET_ROUND_CPU_S, ", ".join("r%d" % (i + 1) for i in quiet), fmt(qm("put_MBps")),
+                         fmt(qm("cli_MBps")), fmt(qm("cli_ratio"), 2), fmt(qm("raw_MBps")), fmt(qm("raw_ratio"), 2),
+                         fmt(qm("rawsha_MBps")), fmt(qm("rawsha_ratio"), 2)))
+        else:
+            L.append("No round had fewer than %.1f CPU-s used by other processes during each of its uploads: "
+                     "the machine was busy with other work throughout (see the per-round table)." % QUIET_ROUND_CPU_S)
+        cli_r, raw_r, rs_r = med(R["cli_ratio"]), med(R["raw_ratio"]), med(R["rawsha_ratio"])
+        L.append("")
+        L.append("Target chunked ≥ 0.8× single PUT: CLI %s (%s), raw protocol %s (%s), raw with X-Chunk-Sha1 %s (%s)."
+                 % (fmt(cli_r, 2), verdict(cli_r >= 0.8), fmt(raw_r, 2), verdict(raw_r >= 0.8), fmt(rs_r, 2),
+                    verdict(rs_r >= 0.8)))
+        L.append("")
 
-    L.append("## Instant upload (`POST /api/v1/instant`), %d requests per size to new paths" % a.instant_n)
-    L.append("")
-    L.append("| who | content | p50 ms | p99 ms | max ms |")
-    L.append("|---|---|---|---|---|")
-    for key in ("1MiB", big_key):
-        L.append("| owner (linked at once) | %s | %s | %s | %s |" % (
-            key, fmt(inst[key]["p50"], 2), fmt(inst[key]["p99"], 2), fmt(inst[key]["max"], 2)))
-    for key in ("1MiB", big_key):
-        p = proof[key]
-        L.append("| other user: challenge + answer + proof, whole round trip | %s | %s | %s | |" % (
-            key, fmt(p["total"]["p50"], 2), fmt(p["total"]["p99"], 2)))
-        L.append("| · of which the challenge request / the proof request | %s | %s / %s | %s / %s | |" % (
-            key, fmt(p["challenge"]["p50"], 2), fmt(p["proof"]["p50"], 2), fmt(p["challenge"]["p99"], 2),
-            fmt(p["proof"]["p99"], 2)))
-    r50 = inst[big_key]["p50"] / inst["1MiB"]["p50"]
-    r99 = inst[big_key]["p99"] / inst["1MiB"]["p99"]
-    q50 = proof[big_key]["total"]["p50"] / proof["1MiB"]["total"]["p50"]
-    q99 = proof[big_key]["total"]["p99"] / proof["1MiB"]["total"]["p99"]
-    within = all(0.5 <= x <= 2 for x in (r50, r99))  # "within 2x of each other", either way
-    L.append("")
-    L.append(big + " / 1 MiB: owner p50 %.2f×, p99 %.2f×; other user round trip p50 %.2f×, p99 %.2f×. "
-             "Target (owner, p50 and p99 within 2× of each other, either way): %s." % (
-                 r50, r99, q50, q99, verdict(within)))
-    L.append("")
+    if inst:
+        L.append("## Instant upload (`POST /api/v1/instant`), %d requests per size to new paths" % a.instant_n)
+        L.append("")
+        L.append("| who | content | p50 ms | p99 ms | max ms |")
+        L.append("|---|---|---|---|---|")
+        for key in ("1MiB", big_key):
+            L.append("| owner (linked at once) | %s | %s | %s | %s |" % (
+                key, fmt(inst[key]["p50"], 2), fmt(inst[key]["p99"], 2), fmt(inst[key]["max"], 2)))
+        for key in ("1MiB", big_key):
+            p = proof[key]
+            L.append("| other user: challenge + answer + proof, whole round trip | %s | %s | %s | |" % (
+                key, fmt(p["total"]["p50"], 2), fmt(p["total"]["p99"], 2)))
+            L.append("| · of which the challenge request / the proof request | %s | %s / %s | %s / %s | |" % (
+                key, fmt(p["challenge"]["p50"], 2), fmt(p["proof"]["p50"], 2), fmt(p["challenge"]["p99"], 2),
+                fmt(p["proof"]["p99"], 2)))
+        r50 = inst[big_key]["p50"] / inst["1MiB"]["p50"]
+        r99 = inst[big_key]["p99"] / inst["1MiB"]["p99"]
+        q50 = proof[big_key]["total"]["p50"] / proof["1MiB"]["total"]["p50"]
+        q99 = proof[big_key]["total"]["p99"] / proof["1MiB"]["total"]["p99"]
+        within = all(0.5 <= x <= 2 for x in (r50, r99))  # "within 2x of each other", either way
+        L.append("")
+        L.append(big + " / 1 MiB: owner p50 %.2f×, p99 %.2f×; other user round trip p50 %.2f×, p99 %.2f×. "
+                 "Target (owner, p50 and p99 within 2× of each other, either way): %s." % (
+                     r50, r99, q50, q99, verdict(within)))
+        L.append("")
 
-    L.append("## Client-side hashing of a %s file (warm: the file is in tmpfs)" % big)
-    L.append("")
-    L.append("| hasher | MB/s | / sha1sum |")
-    L.append("|---|---|---|")
-    sm = med(H["sha1sum_MBps"])
-    L.append("| `sha1sum` (GNU coreutils) | %s%s | 1 |" % (fmt(sm, 0), spread(H["sha1sum_MBps"], 0)))
-    L.append("| `filestore upload` hashing: wall(%s instant upload) − wall(1 MiB instant upload) | %s%s | %s%s |"
-             % (big, fmt(med(H["cli_MBps"]), 0), spread(H["cli_MBps"], 0), fmt(med(H["ratio"]), 2),
-                spread(H["ratio"], 2)))
-    if H.get("cli_progress_MBps"):
-        pr = [x / y for x, y in zip(H["cli_progress_MBps"], H["sha1sum_MBps"])]
-        L.append("| `filestore upload` hashing, its own progress line | %s%s | %s |" % (
-            fmt(med(H["cli_progress_MBps"]), 0), spread(H["cli_progress_MBps"], 0), fmt(med(pr), 2)))
-    orr = [x / y for x, y in zip(H["openssl_MBps"], H["sha1sum_MBps"])]
-    L.append("| `openssl sha1` (reference) | %s%s | %s |" % (fmt(med(H["openssl_MBps"]), 0),
-                                                          spread(H["openssl_MBps"], 0), fmt(med(orr), 2)))
-    L.append("")
-    L.append("CLI wall times: %s s for the %s instant upload, %s s for the 1 MiB one (medians over %d reps). "
-             "Target client ≥ 0.8× sha1sum: %s." % (
-                 fmt(med(H["cli_wall_1g_s"]), 3), big, fmt(med(H["cli_wall_1m_s"]), 3), a.hash_reps,
-                 verdict(med(H["ratio"]) >= 0.8)))
-    L.append("")
+    if H:
+        L.append("## Client-side hashing of a %s file (warm: the file is in tmpfs)" % big)
+        L.append("")
+        L.append("| hasher | MB/s | / sha1sum |")
+        L.append("|---|---|---|")
+        sm = med(H["sha1sum_MBps"])
+        L.append("| `sha1sum` (GNU coreutils) | %s%s | 1 |" % (fmt(sm, 0), spread(H["sha1sum_MBps"], 0)))
+        L.append("| `filestore upload` hashing: wall(%s instant upload) − wall(1 MiB instant upload) | %s%s | %s%s |"
+                 % (big, fmt(med(H["cli_MBps"]), 0), spread(H["cli_MBps"], 0), fmt(med(H["ratio"]), 2),
+                    spread(H["ratio"], 2)))
+        if H.get("cli_progress_MBps"):
+            pr = [x / y for x, y in zip(H["cli_progress_MBps"], H["sha1sum_MBps"])]
+            L.append("| `filestore upload` hashing, its own progress line | %s%s | %s |" % (
+                fmt(med(H["cli_progress_MBps"]), 0), spread(H["cli_progress_MBps"], 0), fmt(med(pr), 2)))
+        orr = [x / y for x, y in zip(H["openssl_MBps"], H["sha1sum_MBps"])]
+        L.append("| `openssl sha1` (reference) | %s%s | %s |" % (fmt(med(H["openssl_MBps"]), 0),
+                                                              spread(H["openssl_MBps"], 0), fmt(med(orr), 2)))
+        L.append("")
+        L.append("CLI wall times: %s s for the %s instant upload, %s s for the 1 MiB one (medians over %d reps). "
+                 "Target client ≥ 0.8× sha1sum: %s." % (
+                     fmt(med(H["cli_wall_1g_s"]), 3), big, fmt(med(H["cli_wall_1m_s"]), 3), a.hash_reps,
+                     verdict(med(H["ratio"]) >= 0.8)))
+        L.append("")
 
     L.append("## Checks")
     L.append("")
@@ -600,23 +645,25 @@ def render(a, R, inst, proof, H, checks, hwm, elapsed, big_key):
         L.append("  - %s" % p)
     L.append("")
 
-    L.append("## Per round")
-    L.append("")
-    L.append("| metric | " + " | ".join("r%d" % (i + 1) for i in range(a.rounds)) + " |")
-    L.append("|---|" + "---|" * a.rounds)
-    for k in ("quiet_wait_s", "put_MBps", "cli_MBps", "raw_MBps", "rawsha_MBps", "cli_ratio", "raw_ratio",
-              "rawsha_ratio", "cli_hash_s", "raw_parts_s", "raw_complete_s", "rawsha_parts_s", "rawsha_complete_s",
-              "put_server_cpu_s", "cli_server_cpu_s", "raw_server_cpu_s", "rawsha_server_cpu_s", "put_others_cpu_s",
-              "cli_others_cpu_s", "raw_others_cpu_s", "rawsha_others_cpu_s", "put_disk_mib", "cli_disk_mib",
-              "raw_disk_mib", "rawsha_disk_mib"):
-        L.append("| %s | %s |" % (k, " | ".join(fmt(x, 2 if x is not None and x < 100 else 0) for x in R.get(k, []))))
-    L.append("")
-    L.append("| hashing rep | " + " | ".join(str(i + 1) for i in range(a.hash_reps)) + " |")
-    L.append("|---|" + "---|" * a.hash_reps)
-    for k in ("sha1sum_MBps", "openssl_MBps", "cli_MBps", "cli_progress_MBps", "cli_wall_1g_s", "cli_wall_1m_s"):
-        if k in H:
-            L.append("| %s | %s |" % (k, " | ".join(fmt(x, 3 if x < 10 else 0) for x in H[k])))
-    L.append("")
+    if R:
+        L.append("## Per round")
+        L.append("")
+        L.append("| metric | " + " | ".join("r%d" % (i + 1) for i in range(a.rounds)) + " |")
+        L.append("|---|" + "---|" * a.rounds)
+        for k in ("quiet_wait_s", "put_MBps", "cli_MBps", "raw_MBps", "rawsha_MBps", "cli_ratio", "raw_ratio",
+                  "rawsha_ratio", "cli_hash_s", "raw_parts_s", "raw_complete_s", "rawsha_parts_s", "rawsha_complete_s",
+                  "put_server_cpu_s", "cli_server_cpu_s", "raw_server_cpu_s", "rawsha_server_cpu_s", "put_others_cpu_s",
+                  "cli_others_cpu_s", "raw_others_cpu_s", "rawsha_others_cpu_s", "put_disk_mib", "cli_disk_mib",
+                  "raw_disk_mib", "rawsha_disk_mib"):
+            L.append("| %s | %s |" % (k, " | ".join(fmt(x, 2 if x is not None and x < 100 else 0) for x in R.get(k, []))))
+        L.append("")
+    if H:
+        L.append("| hashing rep | " + " | ".join(str(i + 1) for i in range(a.hash_reps)) + " |")
+        L.append("|---|" + "---|" * a.hash_reps)
+        for k in ("sha1sum_MBps", "openssl_MBps", "cli_MBps", "cli_progress_MBps", "cli_wall_1g_s", "cli_wall_1m_s"):
+            if k in H:
+                L.append("| %s | %s |" % (k, " | ".join(fmt(x, 3 if x < 10 else 0) for x in H[k])))
+        L.append("")
 
     L.append("## How it was measured")
     L.append("")
@@ -629,17 +676,19 @@ def render(a, R, inst, proof, H, checks, hwm, elapsed, big_key):
              "per-round table is the CPU time the machine spent on processes other than the server, this "
              "script and its children (kernel writeback threads included) during that upload (from /proc/stat): a noise indicator on a shared "
              "machine. Disk written: sectors-written counter of the data dir's device over the upload." % a.src_dir)
-    L.append("- The single PUT writes the bytes once while hashing them (SHA-1 + SHA-256) on one writer thread, "
+    L.append("- The single PUT writes the bytes once while hashing them (SHA-1; the SHA-256 only on a dedup hit) on one writer thread, "
              "then fsyncs. A chunked upload writes each chunk at its offset in a sparse file and fsyncs it "
              "before recording it; recorded chunks are hashed in order while later ones arrive, and `complete` "
-             "hashes what is left (SHA-1 and SHA-256 on two threads) before committing. The CLI additionally "
+             "hashes what is left (SHA-1) before committing. The CLI additionally "
              "hashes the whole file before starting (SHA-1); it sends no X-Chunk-Sha1.")
     L.append("- Before each round, and before the instant and hashing parts, the script waits (up to %.0f s, "
              "`BENCH_QUIET_WAIT`) for a 1 s window in which other processes use < %.2f CPU." % (
                  core.QUIET_WAIT_S, core.QUIET_CPU))
     L.append("- Instant: one keep-alive connection, 5 warm-up requests per size not counted, 1 MiB and 1 GiB "
-             "requests interleaved. The proof round trip includes the client's work (pread of the challenged "
-             "range from tmpfs and SHA-1 of nonce || range); the DELETE after each is not timed.")
+             "requests interleaved, which of the two goes first in each pair random (seed %d), so that a cost "
+             "recurring every k requests on the server cannot land on one size only. The proof round trip "
+             "includes the client's work (pread of the challenged range from tmpfs and SHA-1 of nonce || "
+             "range); the DELETE after each is not timed." % a.seed)
     L.append("- Hashing: each rep runs `sha1sum`, `openssl sha1` and the two CLI uploads in rotating order on "
              "the same file; the CLI's ratio is per rep against that rep's sha1sum.")
     L.append("")

@@ -6,13 +6,15 @@
 #      part PUTs, no client hashing; and again with X-Chunk-Sha1 on each part): MB/s and ratios
 #      to the PUT, rounds rotating the order
 #   2. instant upload by the owner: p50/p99 of POST /api/v1/instant, 1 MiB vs 1 GiB content
-#      (2000 requests each, interleaved, which goes first alternating, to new paths);
+#      (2000 requests each, interleaved, which goes first random, to new paths);
 #      and by another user proving possession (challenge, answer, proof)
 #   3. client-side SHA-1 throughput of `filestore upload` vs sha1sum (and openssl) on 1 GiB
 # Markdown to stdout and bench/results/uploads-<date>.md (BENCH_UPLOADS_OUT overrides).
 #
-# usage: bench/uploads.sh [--rounds N] [--quick] [--no-build]     (default 5 rounds)
+# usage: bench/uploads.sh [--rounds N] [--quick] [--no-build] [--only PARTS]     (default 5 rounds)
 #   --quick       64 MiB instead of 1 GiB, 1 round, 50 instant requests, 2 hashing reps
+#   --only PARTS  comma-separated subset of large,instant,hashing (parts 1, 2, 3 above), e.g.
+#                 `--only instant`; the large content the others need is then PUT untimed
 #   --no-build    use the existing binary (default: `cargo build --release -p filestore` first)
 # env: FILESTORE_BIN         binary to measure (implies --no-build); also used as the client
 #      CARGO_TARGET_DIR      where cargo builds (default <repo>/target)
@@ -36,6 +38,7 @@ HASH_REPS=${BENCH_HASH_REPS:-5}
 PORT=${BENCH_UPLOADS_PORT:-38120}
 CHUNK_SIZE=${BENCH_CHUNK_SIZE:-}
 BUILD=1
+PARTS=large,instant,hashing
 [ -n "${FILESTORE_BIN:-}" ] && BUILD=0
 COMMAND="bench/uploads.sh${*:+ $*}"
 
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift ;;
     --quick) LARGE_MIB=64; ROUNDS=1; INSTANT_N=50; HASH_REPS=2 ;;
     --no-build) BUILD=0 ;;
+    --only) PARTS=$2; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -152,7 +156,7 @@ rc=0
 python3 "$HERE/uploads.py" --port "$PORT" --server-pid "$SERVER_PID" --token "$TOKEN" --other-token "$TOKEN_OTHER" \
   --cli "$FILESTORE_BIN" --cli-config "$CLI_CONFIG" --data-dir "$DATA" --src-dir "$SRC" --work-dir "$WORK" \
   --out "$OUT" --rounds "$ROUNDS" --large-mib "$LARGE_MIB" --parallel "$PARALLEL" --instant-n "$INSTANT_N" \
-  --hash-reps "$HASH_REPS" --info "$INFO" || rc=$?
+  --hash-reps "$HASH_REPS" --parts "$PARTS" --info "$INFO" || rc=$?
 
 kill -0 "$SERVER_PID" 2>/dev/null || { log "the server is gone after the run"; rc=1; }
 WARNINGS=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/server.log" 2>/dev/null | grep -E ' (ERROR|WARN) |panicked' || true)
