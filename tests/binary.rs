@@ -503,6 +503,23 @@ fn client_resumes_after_being_killed() {
     let back = dir.path().join("back.bin");
     run_ok(client(&cfg).args(["download", "/resume.bin", back.to_str().unwrap()]));
     assert!(std::fs::read(&back).unwrap() == data);
+    // The chunks went out while the file was hashed; the local record of that session is
+    // gone once it completed. Content the server has is linked as soon as it is hashed
+    // (or, if the last chunk went out first, deduplicated when the upload completes:
+    // which comes first depends on the machine, either way is right).
+    let records = || std::fs::read_dir(cfg.join("uploads")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(records(), 0, "resume record removed after completion");
+    let out = client(&cfg)
+        .args(["upload", file.to_str().unwrap(), "/again.bin"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(records(), 0);
+    assert_eq!(staging(&data_dir).1.len(), 1, "one stored copy");
+    assert_eq!(files_under(&data_dir.join("staging/parts")), Vec::<PathBuf>::new());
+    run_ok(client(&cfg).args(["download", "/again.bin", back.to_str().unwrap()]));
+    assert!(std::fs::read(&back).unwrap() == data);
 }
 
 /// The server killed mid-upload and restarted: the client waits, resumes, and the file

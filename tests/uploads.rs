@@ -550,6 +550,109 @@ async fn instant(backend: Backend) {
     s.stop().await;
 }
 
+/// An upload started without a SHA-1 (a client that sends while it hashes): chunks go in,
+/// `complete` needs the SHA-1 then; a wrong one discards the upload, the right one commits
+/// it. Such a session is never offered as a resumed one.
+async fn sha1_declared_at_complete(backend: Backend, sessions: Sessions) {
+    let Some(tweak) = configure(sessions) else { return };
+    let Some(s) = TestServer::start_with(backend, tweak).await else {
+        return;
+    };
+    let t = s.user("alice").await;
+    let data = payload(2 * CHUNK + 7, 5);
+    let init = || async {
+        let r = s
+            .http
+            .post(s.url("/api/v1/uploads"))
+            .bearer_auth(&t)
+            .json(&json!({"path": "/late.bin", "size": data.len()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "a new session each time");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["sha1"], Value::Null);
+        v["id"].as_str().unwrap().to_string()
+    };
+    let (sr, tr, dr) = (&s, &t, &data);
+    let send_all = move |id: String| async move {
+        for i in 1..=3usize {
+            let r = sr
+                .http
+                .put(sr.url(&format!("/api/v1/uploads/{id}/parts/{i}")))
+                .bearer_auth(tr)
+                .body(dr[(i - 1) * CHUNK..(i * CHUNK).min(dr.len())].to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        id
+    };
+    let complete = |id: &str, body: Option<Value>| {
+        let mut req = s
+            .http
+            .post(s.url(&format!("/api/v1/uploads/{id}/complete")))
+            .bearer_auth(&t);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let id = send_all(init().await).await;
+    let (st, v) = complete(&id, None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = complete(&id, Some(json!({"sha1": "xyz"}))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    // A wrong (well-formed) SHA-1 discards the upload: nothing visible, nothing staged.
+    let (st, v) = complete(&id, Some(json!({"sha1": sha1_hex(b"other bytes")}))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(complete(&id, None).await.0, StatusCode::NOT_FOUND, "session gone");
+    assert_eq!(parts_files(&s), 0);
+    assert_eq!(objects(&s), 0);
+
+    let id = send_all(init().await).await;
+    let other = init().await;
+    assert_ne!(id, other);
+    let (st, v) = complete(&id, Some(json!({"sha1": sha1_hex(&data).to_uppercase()}))).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["sha1"], sha1_hex(&data));
+    let r = s
+        .http
+        .get(s.url("/api/v1/files/late.bin"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.bytes().await.unwrap() == data);
+    // A session started with a SHA-1 refuses a different one at completion.
+    let r = s
+        .http
+        .post(s.url("/api/v1/uploads"))
+        .bearer_auth(&t)
+        .json(&json!({"path": "/early.bin", "size": data.len(), "sha1": sha1_hex(&data)}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = send_all(id).await;
+    let (st, v) = complete(&id, Some(json!({"sha1": sha1_hex(b"other bytes")}))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = complete(&id, Some(json!({"sha1": sha1_hex(&data)}))).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    s.stop().await;
+}
+
+async fn declared_late_db(b: Backend) {
+    sha1_declared_at_complete(b, Sessions::Database).await
+}
+async fn declared_late_redis(b: Backend) {
+    sha1_declared_at_complete(b, Sessions::Redis).await
+}
+
 async fn seed_db(b: Backend) {
     seed_chunked(b, Sessions::Database).await
 }
@@ -568,6 +671,8 @@ both_backends! {
     seed_chunked_redis_sessions => seed_redis;
     json_chunked_db_sessions => json_db;
     json_chunked_redis_sessions => json_redis;
+    sha1_declared_at_complete_db_sessions => declared_late_db;
+    sha1_declared_at_complete_redis_sessions => declared_late_redis;
     instant_upload => instant;
 }
 

@@ -382,20 +382,23 @@ impl Client {
     }
 
     pub async fn upload_init(&self, path: &str, sha1: &str, size: u64, overwrite: bool) -> Result<RemoteUpload> {
-        self.upload_init_to(&UploadDest::Path(path.to_string()), sha1, size, overwrite)
+        self.upload_init_to(&UploadDest::Path(path.to_string()), Some(sha1), size, overwrite)
             .await
     }
 
-    /// Starts (or resumes) a chunked upload to `dest`.
+    /// Starts (or, with `sha1`, resumes) a chunked upload to `dest`. Without `sha1` the
+    /// SHA-1 is declared at completion.
     pub async fn upload_init_to(
         &self,
         dest: &UploadDest,
-        sha1: &str,
+        sha1: Option<&str>,
         size: u64,
         overwrite: bool,
     ) -> Result<RemoteUpload> {
         let mut body = dest.fields();
-        body.insert("sha1".into(), json!(sha1));
+        if let Some(h) = sha1 {
+            body.insert("sha1".into(), json!(h));
+        }
         body.insert("size".into(), json!(size));
         body.insert("overwrite".into(), json!(overwrite));
         self.json(self.request(Method::POST, "/uploads").json(&body)).await
@@ -412,13 +415,29 @@ impl Client {
     }
 
     pub async fn upload_complete(&self, id: &str) -> Result<RemoteEntry> {
-        self.upload_complete_as(id).await
+        self.upload_complete_as(id, None).await
     }
 
-    /// Completes an upload; `T` as for [`Client::instant_to`].
-    pub async fn upload_complete_as<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
-        self.json(self.request(Method::POST, &format!("/uploads/{id}/complete")))
-            .await
+    /// Completes an upload; `T` as for [`Client::instant_to`]. `sha1` declares the SHA-1
+    /// of an upload started without one.
+    pub async fn upload_complete_as<T: DeserializeOwned>(&self, id: &str, sha1: Option<&str>) -> Result<T> {
+        let mut req = self.request(Method::POST, &format!("/uploads/{id}/complete"));
+        if let Some(h) = sha1 {
+            req = req.json(&json!({ "sha1": h }));
+        }
+        self.json(req).await
+    }
+
+    /// The chunks the server has of upload `id`.
+    pub async fn upload_status(&self, id: &str) -> Result<RemoteUpload> {
+        self.json(self.request(Method::GET, &format!("/uploads/{id}"))).await
+    }
+
+    /// Abandons upload `id`; the server removes what it received.
+    pub async fn upload_cancel(&self, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/uploads/{id}")))
+            .await?;
+        Ok(())
     }
 
     /// Streams a body to `dest` in one request: `PUT /files/{path}`,

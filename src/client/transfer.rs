@@ -6,6 +6,13 @@
 //! server, running the same command again (or the retry loop of this one) asks the server
 //! which chunks it has and sends only the rest.
 //!
+//! A large file (at least [`OVERLAP_MIN`]) is not hashed first: its chunks go out while
+//! it is hashed, in a session whose SHA-1 is declared at completion, and the instant
+//! upload is tried as soon as the hash is known (if it links, the session is cancelled).
+//! Hashing first would add a full read of the file (0.6 s per GiB here) before the first
+//! byte is sent. Such a session cannot be found again by its content, so the client keeps
+//! its id in a small record in its config dir ([`ResumeRecord`]) until it completes.
+//!
 //! Download: bytes go to `LOCAL.filestore-part`; an interrupted download resumes with a
 //! `Range` request guarded by `If-Range` (so changed content starts over), and the SHA-1 of
 //! the whole file is checked before it is renamed into place.
@@ -141,6 +148,10 @@ pub struct Uploaded<T = RemoteEntry> {
     pub resumed_chunks: u64,
 }
 
+/// Files at least this large are sent while they are hashed (see the module docs); below
+/// it, the hash costs less than the round trips a second session would.
+pub const OVERLAP_MIN: u64 = 16 << 20;
+
 /// Uploads `local` to `remote` (replacing a file there unless `overwrite` is false), with
 /// `parallel` chunks in flight.
 pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool, parallel: usize) -> Result<Uploaded> {
@@ -149,6 +160,9 @@ pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if size >= OVERLAP_MIN {
+        return upload_while_hashing(client, local, remote, overwrite, parallel, &label).await;
+    }
     let hashing = Progress::new(&format!("{label} (hashing)"), size);
     let sha1 = sha1_file(local, Some(hashing.clone())).await?;
     hashing.finish("hashed");
@@ -299,16 +313,188 @@ pub async fn upload_to<T: DeserializeOwned>(
     })
 }
 
+/// The upload of a large file, its chunks sent while it is hashed (see the module docs).
+async fn upload_while_hashing(
+    client: &Client,
+    local: &Path,
+    remote: &str,
+    overwrite: bool,
+    parallel: usize,
+    label: &str,
+) -> Result<Uploaded> {
+    let size = std::fs::metadata(local)?.len();
+    let progress = Progress::new(label, size);
+    let policy = Retry {
+        limit: RETRY_FOR,
+        progress: Some(progress.clone()),
+        ..Retry::default()
+    };
+    let dest = UploadDest::Path(remote.to_string());
+    let record = ResumeRecord::new(client, local, remote, overwrite)?;
+    let known = match record.as_ref().and_then(ResumeRecord::load) {
+        Some(id) => match client.upload_status(&id).await {
+            Ok(s) => Some(s),
+            Err(e) if e.status() == Some(404) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let session = match known {
+        Some(s) => s,
+        None => {
+            let s = policy
+                .run("starting the upload", || {
+                    client.upload_init_to(&dest, None, size, overwrite)
+                })
+                .await?;
+            if let Some(r) = &record {
+                r.save(&s.id)?;
+            }
+            s
+        }
+    };
+    let mut hashing = std::pin::pin!(sha1_file(local, None));
+    let mut parts = std::pin::pin!(send_parts(client, local, size, &session, parallel, &policy));
+    let (sha1, sent) = tokio::select! {
+        h = &mut hashing => (h?, None),
+        r = &mut parts => (hashing.await?, Some(r?)),
+    };
+    let job = UploadJob {
+        local,
+        dest: dest.clone(),
+        sha1: &sha1,
+        size,
+        overwrite,
+        mtime: None,
+        mode: None,
+        parallel,
+        instant_min: 0,
+        single_put_below: 0,
+    };
+    // Still sending: the server may have the content already.
+    if sent.is_none() {
+        if let Some(entry) = try_instant::<RemoteEntry>(client, &job, &policy).await? {
+            // Best effort: an abandoned session expires and is swept anyway.
+            let _ = client.upload_cancel(&session.id).await;
+            if let Some(r) = &record {
+                r.remove();
+            }
+            progress.set(size);
+            progress.finish("already on the server: linked without sending the bytes");
+            return Ok(Uploaded {
+                entry,
+                instant: true,
+                resumed_chunks: 0,
+            });
+        }
+    }
+    let resumed = match sent {
+        Some(n) => n,
+        None => parts.await?,
+    };
+    let entry = policy
+        .run("completing the upload", || {
+            client.upload_complete_as::<RemoteEntry>(&session.id, Some(&sha1))
+        })
+        .await;
+    if let Some(r) = &record {
+        // A refused upload (the file changed while it was sent) is discarded by the
+        // server: nothing to resume either.
+        if entry.is_ok() || entry.as_ref().err().and_then(ClientError::status) == Some(422) {
+            r.remove();
+        }
+    }
+    let entry = entry?;
+    progress.set(size);
+    progress.finish("uploaded");
+    Ok(Uploaded {
+        entry,
+        instant: false,
+        resumed_chunks: resumed,
+    })
+}
+
+/// Where the client remembers the session of an upload whose SHA-1 is declared at
+/// completion: `<config dir>/uploads/<key>`, the key a hash of the server, the local
+/// file (path, inode, size, mtime) and the destination. A changed file gets a new session.
+pub struct ResumeRecord {
+    path: PathBuf,
+}
+
+impl ResumeRecord {
+    /// `None` when there is no config dir (the upload then cannot resume after a crash).
+    fn new(client: &Client, local: &Path, remote: &str, overwrite: bool) -> Result<Option<ResumeRecord>> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dir) = super::credentials::config_dir() else {
+            return Ok(None);
+        };
+        let meta = std::fs::metadata(local)?;
+        let abs = std::fs::canonicalize(local)?;
+        let mut h = sha1::Sha1::new();
+        for part in [
+            client.base().as_bytes(),
+            abs.as_os_str().as_encoded_bytes(),
+            remote.as_bytes(),
+            &[u8::from(overwrite)],
+            &meta.len().to_le_bytes(),
+            &meta.mtime().to_le_bytes(),
+            &meta.mtime_nsec().to_le_bytes(),
+            &meta.ino().to_le_bytes(),
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        Ok(Some(ResumeRecord {
+            path: dir.join("uploads").join(hex::encode(h.finalize())),
+        }))
+    }
+
+    fn load(&self) -> Option<String> {
+        let id = std::fs::read_to_string(&self.path).ok()?;
+        let id = id.trim();
+        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    }
+
+    fn save(&self, id: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.path.parent().expect("record in a dir");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::write(&self.path, id)
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A resumable chunked upload; returns the entry and how many chunks the server already
 /// had.
 pub async fn chunked<T: DeserializeOwned>(client: &Client, job: &UploadJob<'_>, policy: &Retry) -> Result<(T, u64)> {
-    let progress = policy.progress.as_ref();
-    let size = job.size;
     let session = policy
         .run("starting the upload", || {
-            client.upload_init_to(&job.dest, job.sha1, size, job.overwrite)
+            client.upload_init_to(&job.dest, Some(job.sha1), job.size, job.overwrite)
         })
         .await?;
+    let resumed = send_parts(client, job.local, job.size, &session, job.parallel, policy).await?;
+    let entry = policy
+        .run("completing the upload", || {
+            client.upload_complete_as::<T>(&session.id, None)
+        })
+        .await?;
+    Ok((entry, resumed))
+}
+
+/// Sends the chunks of `session` the server does not have, `parallel` at a time; returns
+/// how many it had.
+async fn send_parts(
+    client: &Client,
+    local: &Path,
+    size: u64,
+    session: &super::api::RemoteUpload,
+    parallel: usize,
+    policy: &Retry,
+) -> Result<u64> {
+    let progress = policy.progress.as_ref();
     let chunk = session.chunk_size;
     let have: std::collections::HashSet<u64> = session.received.iter().copied().collect();
     let resumed = have.len() as u64;
@@ -334,16 +520,16 @@ pub async fn chunked<T: DeserializeOwned>(client: &Client, job: &UploadJob<'_>, 
     let id = session.id.clone();
     futures_util::stream::iter(missing)
         .map(|index| {
-            let (id, local) = (id.clone(), job.local.to_path_buf());
+            let (id, local) = (id.clone(), local.to_path_buf());
             async move {
                 let offset = (index - 1) * chunk;
                 let len = len_of(index);
                 let data = tokio::task::spawn_blocking(move || read_range(&local, offset, len))
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))??;
-                // No per-chunk SHA-1: `complete` checks the whole file against the SHA-1
-                // hashed above, and hashing every chunk again would cost the client a
-                // second full pass (about a third of the upload's time on a fast link).
+                // No per-chunk SHA-1: `complete` checks the whole file against its SHA-1,
+                // and hashing every chunk again would cost the client a second full pass
+                // (about a third of the upload's time on a fast link).
                 let data = Bytes::from(data);
                 policy
                     .run("sending a chunk", || client.upload_part(&id, index, data.clone(), None))
@@ -354,13 +540,10 @@ pub async fn chunked<T: DeserializeOwned>(client: &Client, job: &UploadJob<'_>, 
                 Ok::<(), ClientError>(())
             }
         })
-        .buffer_unordered(job.parallel.max(1))
+        .buffer_unordered(parallel.max(1))
         .try_collect::<Vec<()>>()
         .await?;
-    let entry = policy
-        .run("completing the upload", || client.upload_complete_as::<T>(&id))
-        .await?;
-    Ok((entry, resumed))
+    Ok(resumed)
 }
 
 /// Downloads `remote` to `local`, resuming a previous attempt, and checks the SHA-1.

@@ -113,7 +113,8 @@ struct RawInit {
     name: Option<String>,
     entry: Option<i64>,
     size: i64,
-    sha1: String,
+    /// Optional: without it, the SHA-1 is declared at `complete` (see `uploads::init`).
+    sha1: Option<String>,
     #[serde(default = "yes")]
     overwrite: bool,
 }
@@ -123,7 +124,7 @@ struct RawInit {
 struct InitBody {
     dest: Dest,
     size: i64,
-    sha1: String,
+    sha1: Option<String>,
     overwrite: bool,
 }
 
@@ -148,7 +149,7 @@ fn progress_json(p: &Progress) -> Value {
     let (_, dest) = Dest::decode(&s.target);
     let mut v = json!({
         "id": s.id,
-        "sha1": s.sha1,
+        "sha1": (!s.sha1.is_empty()).then_some(&s.sha1),
         "size": s.size,
         "chunk_size": s.chunk_size,
         "chunk_count": s.chunk_count,
@@ -199,7 +200,10 @@ async fn init(State(st): State<AppState>, AuthUser(u): AuthUser, body: Body) -> 
     st.drive
         .check_target(&u, &target(&st, &u, &b.dest, conflict, None).await?)
         .await?;
-    let p = st.uploads.init(&u, &b.sha1, b.size, b.dest.encode(conflict)).await?;
+    let p = st
+        .uploads
+        .init(&u, b.sha1.as_deref(), b.size, b.dest.encode(conflict))
+        .await?;
     let status = if p.received.is_empty() {
         StatusCode::CREATED
     } else {
@@ -247,16 +251,36 @@ async fn part(
     Ok(Json(json!({ "received": received })))
 }
 
+/// The optional body of `complete`: the SHA-1 of an upload started without one.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CompleteBody {
+    sha1: Option<String>,
+}
+
+/// `POST /api/v1/uploads/{id}/complete`, with an empty body or `{sha1}`.
 async fn complete(
     State(st): State<AppState>,
     AuthUser(u): AuthUser,
     Path(id): Path<String>,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let bytes = super::small_body(body).await?;
+    let declared: CompleteBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CompleteBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
     let s = st.uploads.session(&u, &id).await?;
     let (conflict, dest) = Dest::decode(&s.target);
     let e = st
         .uploads
-        .complete(&u, &id, target(&st, &u, &dest, conflict, None).await?)
+        .complete(
+            &u,
+            &id,
+            target(&st, &u, &dest, conflict, None).await?,
+            declared.sha1.as_deref(),
+        )
         .await?;
     let etag = super::content::etag(e.sha1.as_deref().unwrap_or_default());
     Ok((

@@ -82,7 +82,13 @@ fn parse(id: &str, h: &HashMap<String, String>) -> Option<UploadSession> {
 impl SessionStore for RedisSessions {
     async fn create(&self, s: &UploadSession) -> Result<(), SessionError> {
         let key = self.key(&s.id);
-        let idx = self.index_key(s.owner, &s.sha1, s.size);
+        // A session whose SHA-1 is declared at completion is never resumed by content:
+        // its index key is its own, so that nothing finds it and no other session's is
+        // touched when it goes.
+        let idx = match s.sha1.as_str() {
+            "" => self.index_key(s.owner, &format!("undeclared-{}", s.id), s.size),
+            h => self.index_key(s.owner, h, s.size),
+        };
         let ttl = (s.expires_at - now_ms()).max(1000);
         let fields: Vec<(&str, String)> = vec![
             ("owner", s.owner.to_string()),

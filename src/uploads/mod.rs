@@ -129,11 +129,15 @@ impl Uploads {
     }
 
     /// Starts (or resumes) an upload of `size` bytes hashing to `sha1`, to go to `target`.
-    pub async fn init(&self, user: &User, sha1: &str, size: i64, target: String) -> Result<Progress> {
-        let sha1 = sha1.to_ascii_lowercase();
-        if !is_sha1_hex(&sha1) {
-            return Err(UploadError::Invalid("the SHA-1 must be 40 hexadecimal digits".into()));
-        }
+    ///
+    /// Without `sha1` the session is new, never a resumed one (nothing to find it by), and
+    /// the SHA-1 is declared at `complete`: a client can send chunks while it is still
+    /// hashing the file.
+    pub async fn init(&self, user: &User, sha1: Option<&str>, size: i64, target: String) -> Result<Progress> {
+        let sha1 = match sha1 {
+            Some(h) => valid_sha1(h)?,
+            None => String::new(),
+        };
         if size < 0 {
             return Err(UploadError::Invalid("the size must not be negative".into()));
         }
@@ -142,7 +146,11 @@ impl Uploads {
                 return Err(DriveError::Blob(crate::blob::BlobError::TooLarge { limit }).into());
             }
         }
-        if let Some(s) = self.sessions.find(user.id, &sha1, size).await? {
+        let resumable = match sha1.as_str() {
+            "" => None,
+            h => self.sessions.find(user.id, h, size).await?,
+        };
+        if let Some(s) = resumable {
             if s.target == target && self.data_path(&s.id).is_file() {
                 let received = self.sessions.parts(&s.id).await?;
                 return Ok(Progress { session: s, received });
@@ -309,9 +317,24 @@ impl Uploads {
     }
 
     /// Verifies and commits the upload. `target` overrides the session's destination (the
-    /// seed names the file only at completion).
-    pub async fn complete(&self, user: &User, id: &str, target: UploadTarget) -> Result<Entry> {
-        let s = self.session(user, id).await?;
+    /// seed names the file only at completion). `declared` is the SHA-1 of a session
+    /// started without one (required then); given for one that has one, it must agree.
+    pub async fn complete(&self, user: &User, id: &str, target: UploadTarget, declared: Option<&str>) -> Result<Entry> {
+        let mut s = self.session(user, id).await?;
+        match (s.sha1.as_str(), declared) {
+            ("", None) => {
+                return Err(UploadError::Invalid(
+                    "this upload was started without a SHA-1: declare it when completing".into(),
+                ))
+            }
+            ("", Some(h)) => s.sha1 = valid_sha1(h)?,
+            (known, Some(h)) if !known.eq_ignore_ascii_case(h) => {
+                return Err(UploadError::Invalid(
+                    "the SHA-1 differs from the one declared when the upload started".into(),
+                ))
+            }
+            _ => {}
+        }
         self.drive.check_target(user, &target).await?;
         let path = self.data_path(id);
         let p = path.clone();
@@ -395,6 +418,15 @@ impl Uploads {
         }
         Ok(removed)
     }
+}
+
+/// A client's SHA-1, lowercased, or why it is not one.
+fn valid_sha1(h: &str) -> Result<String> {
+    let h = h.to_ascii_lowercase();
+    if !is_sha1_hex(&h) {
+        return Err(UploadError::Invalid("the SHA-1 must be 40 hexadecimal digits".into()));
+    }
+    Ok(h)
 }
 
 /// Runs blocking file work off the async threads.
