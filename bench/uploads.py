@@ -10,13 +10,14 @@ users (`bench`, the owner of everything uploaded here, and `other`), signs the C
            of uploading, in an order rotating from round to round, `sync` before each:
              put   curl -T to PUT /api/v1/files/... (one streamed request)
              cli   `filestore upload FILE REMOTE --parallel 4`, wall time of the process:
-                   local SHA-1 of the file, instant-upload attempt (refused: new content),
-                   then 4 chunks in flight (each with its X-Chunk-Sha1), then complete
+                   a session without SHA-1, 4 chunks in flight while the file is hashed,
+                   the instant-upload attempt once it is (refused: new content), the rest
+                   of the chunks, then complete with the SHA-1
              raw   the same chunked protocol from python, 4 threads with keep-alive
                    connections, no hashing on the client (the file's SHA-1 is known from
                    its generation, and no X-Chunk-Sha1 is sent): init, PUT parts, complete
              rawsha  the same with an X-Chunk-Sha1 header on each part (python hashes each
-                   chunk, the server verifies it): what the CLI sends, without its up-front hash
+                   chunk, the server verifies it): a diagnostic of per-chunk hashing
            MB/s = 1 GiB / wall time; ratios are per round against the single PUT.
   instant  POST /api/v1/instant by the owner, to new paths, for a 1 MiB and a 1 GiB content,
            requests interleaved on one keep-alive connection, in pairs whose order is random
@@ -186,10 +187,10 @@ def raw_chunked(a, src, sha1, remote, chunk_sha1=False):
 HASH_LINE = re.compile(r"\(hashing\): 100% of (\d+) bytes, ([0-9.]+) MiB/s")
 
 
-def cli_upload(a, src, remote, parallel):
+def cli_upload(a, src, remote, parallel, *extra):
     """Runs `filestore upload` and times it (wall clock, process start to exit)."""
     env = dict(os.environ, FILESTORE_CONFIG_DIR=a.cli_config)
-    cmd = [a.cli, "upload", src, remote, "--parallel", str(parallel)]
+    cmd = [a.cli, "upload", src, remote, "--parallel", str(parallel)] + list(extra)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     secs = time.perf_counter() - t0
@@ -485,8 +486,11 @@ def hashing_part(a, owned_src, owned_sha1, small_src, nbytes):
                 secs, got = timed(["openssl", "sha1", owned_src])
                 hrec("openssl_MBps", nbytes / secs / MB)
             else:
-                small = cli_upload(a, small_src, "/hash/small-%d.bin" % rep, a.parallel)
-                big = cli_upload(a, owned_src, "/hash/big-%d.bin" % rep, a.parallel)
+                # --hash-first: the whole file is hashed before anything is sent (by default
+                # a large file's chunks go out while it is hashed), so the wall clock of
+                # an instant upload is the hashing plus a few round trips.
+                small = cli_upload(a, small_src, "/hash/small-%d.bin" % rep, a.parallel, "--hash-first")
+                big = cli_upload(a, owned_src, "/hash/big-%d.bin" % rep, a.parallel, "--hash-first")
                 if not (small["instant"] and big["instant"]):
                     problem("hashing rep %d: the CLI upload of owned content was not instant" % (rep + 1))
                 got = big["sha1"]
@@ -679,8 +683,9 @@ def render(a, R, inst, proof, H, checks, hwm, elapsed, big_key):
     L.append("- The single PUT writes the bytes once while hashing them (SHA-1; the SHA-256 only on a dedup hit) on one writer thread, "
              "then fsyncs. A chunked upload writes each chunk at its offset in a sparse file and fsyncs it "
              "before recording it; recorded chunks are hashed in order while later ones arrive, and `complete` "
-             "hashes what is left (SHA-1) before committing. The CLI additionally "
-             "hashes the whole file before starting (SHA-1); it sends no X-Chunk-Sha1.")
+             "hashes what is left (SHA-1) before committing. The CLI sends the chunks of a file of 16 MiB or more "
+             "while it hashes it (a session whose SHA-1 is declared at `complete`), tries the instant upload "
+             "once the hash is known, and sends no X-Chunk-Sha1; the hashing part runs it with `--hash-first`.")
     L.append("- Before each round, and before the instant and hashing parts, the script waits (up to %.0f s, "
              "`BENCH_QUIET_WAIT`) for a 1 s window in which other processes use < %.2f CPU." % (
                  core.QUIET_WAIT_S, core.QUIET_CPU))

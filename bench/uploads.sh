@@ -2,7 +2,7 @@
 # Upload benchmark: chunked and instant uploads and the command-line client, on one filestore
 # server with the embedded default (SQLite + local disk), in one run:
 #   1. fresh 1 GiB file: single streamed PUT (curl -T) vs `filestore upload --parallel 4`
-#      (end to end, incl. its local SHA-1) vs the raw chunked protocol from python (4 parallel
+#      (end to end, hashing while it sends) vs the raw chunked protocol from python (4 parallel
 #      part PUTs, no client hashing; and again with X-Chunk-Sha1 on each part): MB/s and ratios
 #      to the PUT, rounds rotating the order
 #   2. instant upload by the owner: p50/p99 of POST /api/v1/instant, 1 MiB vs 1 GiB content

@@ -68,6 +68,10 @@ enum Cmd {
         /// Fail instead of replacing an existing remote file.
         #[arg(long)]
         no_overwrite: bool,
+        /// Hash the whole file before sending anything (a large file is otherwise sent
+        /// while it is hashed): content the server has then costs no bytes on the wire.
+        #[arg(long)]
+        hash_first: bool,
     },
     /// Download a file (resumes an interrupted download; verifies the SHA-1).
     Download { remote: String, local: Option<PathBuf> },
@@ -230,6 +234,7 @@ async fn run(cli: Cli) -> Result<()> {
             remote,
             parallel,
             no_overwrite,
+            hash_first,
         } => {
             let client = logged_in()?;
             let name = file
@@ -241,7 +246,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(r) if r.ends_with('/') => format!("{r}{name}"),
                 Some(r) => r.to_string(),
             };
-            let done = transfer::upload(&client, file, &remote, !no_overwrite, *parallel).await?;
+            let done = transfer::upload(&client, file, &remote, !no_overwrite, *parallel, *hash_first).await?;
             println!(
                 "{} {} bytes sha1 {}",
                 done.entry.path,

@@ -153,14 +153,21 @@ pub struct Uploaded<T = RemoteEntry> {
 pub const OVERLAP_MIN: u64 = 16 << 20;
 
 /// Uploads `local` to `remote` (replacing a file there unless `overwrite` is false), with
-/// `parallel` chunks in flight.
-pub async fn upload(client: &Client, local: &Path, remote: &str, overwrite: bool, parallel: usize) -> Result<Uploaded> {
+/// `parallel` chunks in flight. `hash_first` hashes a large file before sending any of it.
+pub async fn upload(
+    client: &Client,
+    local: &Path,
+    remote: &str,
+    overwrite: bool,
+    parallel: usize,
+    hash_first: bool,
+) -> Result<Uploaded> {
     let size = std::fs::metadata(local)?.len();
     let label = local
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if size >= OVERLAP_MIN {
+    if size >= OVERLAP_MIN && !hash_first {
         return upload_while_hashing(client, local, remote, overwrite, parallel, &label).await;
     }
     let hashing = Progress::new(&format!("{label} (hashing)"), size);
