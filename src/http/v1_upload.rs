@@ -266,10 +266,13 @@ async fn complete(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = super::small_body(body).await?;
+    // No body, `null` (what clients that send no fields post) or `{"sha1": ...}`.
     let declared: CompleteBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         CompleteBody::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice::<Option<CompleteBody>>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+            .unwrap_or_default()
     };
     let s = st.uploads.session(&u, &id).await?;
     let (conflict, dest) = Dest::decode(&s.target);
