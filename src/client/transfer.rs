@@ -339,7 +339,10 @@ async fn upload_while_hashing(
     let dest = UploadDest::Path(remote.to_string());
     let record = ResumeRecord::new(client, local, remote, overwrite)?;
     let known = match record.as_ref().and_then(ResumeRecord::load) {
-        Some(id) => match client.upload_status(&id).await {
+        Some(id) => match policy
+            .run("looking up the interrupted upload", || client.upload_status(&id))
+            .await
+        {
             Ok(s) => Some(s),
             Err(e) if e.status() == Some(404) => None,
             Err(e) => return Err(e),
@@ -387,7 +390,7 @@ async fn upload_while_hashing(
                 r.remove();
             }
             progress.set(size);
-            progress.finish("already on the server: linked without sending the bytes");
+            progress.finish("already on the server: linked, the chunks sent meanwhile dropped");
             return Ok(Uploaded {
                 entry,
                 instant: true,
