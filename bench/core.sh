@@ -62,18 +62,6 @@ log() { echo "[core.sh] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ------------------------------------------------------------------ dependencies (idempotent)
-APT_UPDATED=0
-apt_install() {
-  [ "$(id -u)" = 0 ] || die "missing $* and not root: install them (apt-get install $*)"
-  command -v apt-get >/dev/null || die "missing $* and no apt-get"
-  if [ $APT_UPDATED = 0 ]; then
-    log "apt-get update"
-    apt-get update -qq >/dev/null
-    APT_UPDATED=1
-  fi
-  log "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 need=()
 { command -v nginx >/dev/null && nginx -V 2>&1 | grep -q -- --with-http_dav_module; } || need+=(nginx-extras)
 command -v curl >/dev/null || need+=(curl)
@@ -86,22 +74,8 @@ NGINX=$(command -v nginx)
 MYSQL_CLI=$(command -v mariadb || command -v mysql || true)
 
 # ------------------------------------------------------------------ binary
-if [ -z "${FILESTORE_BIN:-}" ]; then
-  FILESTORE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/filestore
-  if [ $BUILD = 1 ]; then
-    log "cargo build --release -p filestore"
-    (cd "$REPO" && cargo build --release --quiet -p filestore) || die "build failed"
-  fi
-fi
-[ -x "$FILESTORE_BIN" ] || die "no binary at $FILESTORE_BIN (build with cargo build --release)"
-# filestore refuses unknown FILESTORE_* variables, FILESTORE_BIN included: keep it out of the
-# environment of the processes started below.
-export -n FILESTORE_BIN
+bench_binary
 
-# Nothing from the caller's environment may reconfigure the servers under test.
-for v in $(compgen -e | grep '^FILESTORE_' | grep -v '^FILESTORE_BIN$' || true); do unset "$v"; done
-
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in $PORT_FS $PORT_FSM $PORT_NGX; do
   port_busy "$p" && die "port $p is in use (set BENCH_PORT_BASE)"
 done
@@ -121,14 +95,6 @@ NGX=$WORK/nginx
 DBNAME=
 DB_CREATED=0
 
-stop_pid() {  # SIGTERM, up to 15 s, then SIGKILL; only our own children
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  log "pid $pid ignored SIGTERM for 15 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -154,15 +120,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-wait_port() {  # wait_port PORT PID NAME
-  local i
-  for i in $(seq 300); do
-    port_busy "$1" && return 0
-    kill -0 "$2" 2>/dev/null || die "$3 exited during start-up"
-    sleep 0.1
-  done
-  die "$3 did not listen on port $1 within 30 s"
-}
 
 # ------------------------------------------------------------------ filestore instances
 signin() {  # signin PORT -> token

@@ -72,19 +72,6 @@ log() { echo "[dav.sh] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ------------------------------------------------------------------ dependencies (idempotent)
-APT_UPDATED=0
-apt_install() {
-  [ "$(id -u)" = 0 ] || die "missing $* and not root: install them (apt-get install $*)"
-  command -v apt-get >/dev/null || die "missing $* and no apt-get"
-  if [ $APT_UPDATED = 0 ]; then
-    log "apt-get update"
-    apt-get update -qq >/dev/null
-    APT_UPDATED=1
-  fi
-  log "apt-get install $*"
-  # policy-rc.d (where the image has one) keeps the packages' services from starting
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 NGX_DAV_EXT=/usr/lib/nginx/modules/ngx_http_dav_ext_module.so
 need=()
 { command -v nginx >/dev/null && nginx -V 2>&1 | grep -q -- --with-http_dav_module; } || need+=(nginx-extras)
@@ -101,19 +88,8 @@ APACHE=$(command -v apache2 || echo /usr/sbin/apache2)
 RCLONE=$(command -v rclone || true)
 
 # ------------------------------------------------------------------ binary
-if [ -z "${FILESTORE_BIN:-}" ]; then
-  FILESTORE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/filestore
-  if [ $BUILD = 1 ]; then
-    log "cargo build --release -p filestore"
-    (cd "$REPO" && cargo build --release --quiet -p filestore) || die "build failed"
-  fi
-fi
-[ -x "$FILESTORE_BIN" ] || die "no binary at $FILESTORE_BIN (build with cargo build --release)"
-# filestore refuses unknown FILESTORE_* variables, FILESTORE_BIN included
-export -n FILESTORE_BIN
-for v in $(compgen -e | grep '^FILESTORE_' | grep -v '^FILESTORE_BIN$' || true); do unset "$v"; done
+bench_binary
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in $PORT_FS $PORT_NGX $PORT_APA $PORT_RCL; do
   port_busy "$p" && die "port $p is in use (set BENCH_DAV_PORT_BASE)"
 done
@@ -133,14 +109,6 @@ NGX=$WORK/nginx
 APA=$WORK/apache
 RCL=$WORK/rclone
 
-stop_pid() {  # SIGTERM, up to 15 s, then SIGKILL; only our own servers
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  log "pid $pid ignored SIGTERM for 15 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -166,15 +134,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-wait_port() {  # wait_port PORT PID NAME
-  local i
-  for i in $(seq 300); do
-    port_busy "$1" && return 0
-    kill -0 "$2" 2>/dev/null || die "$3 exited during start-up"
-    sleep 0.1
-  done
-  die "$3 did not listen on port $1 within 30 s"
-}
 wait_pidfile() {  # wait_pidfile FILE NAME -> pid
   local i
   for i in $(seq 100); do [ -s "$1" ] && { cat "$1"; return 0; }; sleep 0.1; done

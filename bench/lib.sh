@@ -25,3 +25,60 @@ bench_info() {
     work_fs "$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1}')" \
     "$@"
 }
+
+# ---- helpers every benchmark script uses; they call the script's own `log` and `die`.
+
+# Installs Debian packages (root only), waiting for another apt run to finish.
+apt_install() {
+  [ "$(id -u)" = 0 ] || die "missing $* and not root: install them (apt-get install $*)"
+  command -v apt-get >/dev/null || die "missing $* and no apt-get"
+  log "apt-get install $*"
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+  # policy-rc.d (where the image has one) keeps the packages' services from starting
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$@" >/dev/null
+}
+
+# Sets FILESTORE_BIN to the binary under test: the caller's, else the release build in the
+# target dir (built first when BUILD=1). filestore refuses unknown FILESTORE_* variables,
+# FILESTORE_BIN included, and nothing from the caller's environment may reconfigure the
+# servers under test: all of them are kept out of the processes started later.
+bench_binary() {
+  if [ -z "${FILESTORE_BIN:-}" ]; then
+    FILESTORE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/filestore
+    if [ "${BUILD:-0}" = 1 ]; then
+      log "cargo build --release -p filestore"
+      (cd "$REPO" && cargo build --release --quiet -p filestore) || die "build failed"
+    fi
+  fi
+  [ -x "$FILESTORE_BIN" ] || die "no binary at $FILESTORE_BIN (build with cargo build --release -p filestore)"
+  export -n FILESTORE_BIN
+  local v
+  for v in $(compgen -e | grep '^FILESTORE_' | grep -v '^FILESTORE_BIN$' || true); do unset "$v"; done
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# await_port PORT PID NAME: 0 once something listens on PORT, 1 if PID exited first (a
+# caller may then retry, e.g. on another port); dies after 30 s.
+await_port() {
+  local i
+  for i in $(seq 300); do
+    port_busy "$1" && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  die "$3 did not listen on port $1 within 30 s"
+}
+
+# wait_port PORT PID NAME: as await_port, but PID exiting is fatal too.
+wait_port() { await_port "$@" || die "$3 exited during start-up"; }
+
+# SIGTERM, up to 15 s, then SIGKILL; only for the script's own children.
+stop_pid() {
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  log "pid $pid ignored SIGTERM for 15 s: SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}

@@ -66,29 +66,13 @@ need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v rclone >/dev/null || need+=(rclone)
 command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} != 0 ]; then
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing $*: install ${need[*]}"
-  log "apt-get install ${need[*]}"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+[ ${#need[@]} = 0 ] || apt_install "${need[@]}"
 [ -c /dev/fuse ] || die "no /dev/fuse"
 command -v python3 >/dev/null || die "python3 is required"
 
 # ------------------------------------------------------------------ binary
-if [ -z "${FILESTORE_BIN:-}" ]; then
-  FILESTORE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/filestore
-  if [ $BUILD = 1 ]; then
-    log "cargo build --release -p filestore"
-    (cd "$REPO" && cargo build --release --quiet -p filestore) || die "build failed"
-  fi
-fi
-[ -x "$FILESTORE_BIN" ] || die "no binary at $FILESTORE_BIN (build with cargo build --release)"
-# filestore refuses unknown FILESTORE_* variables, FILESTORE_BIN included.
-export -n FILESTORE_BIN
-for v in $(compgen -e | grep '^FILESTORE_' | grep -v '^FILESTORE_BIN$' || true); do unset "$v"; done
+bench_binary
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in $PORT_FS $PORT_RC; do
   port_busy "$p" && die "port $p is in use (set BENCH_PORT_BASE)"
 done
@@ -108,14 +92,6 @@ MNT_RC=$WORK/mnt-rclone
 mkdir -p "$MNT_FS" "$MNT_RC" "$WORK/rclone-backing" "$WORK/rclone-cache" "$WORK/local" "$WORK/spool" "$WORK/out"
 PIDS=()
 
-stop_pid() {  # SIGTERM, up to 15 s, then SIGKILL; only our own children
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  log "pid $pid ignored SIGTERM for 15 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
 is_mounted() { awk -v m="$1" '$5 == m {f=1} END {exit !f}' /proc/self/mountinfo; }
 cleanup() {
   local rc=$?
@@ -155,16 +131,9 @@ mkdir -p "$FS_DIR"
 echo "$USER_PASS" | "$FILESTORE_BIN" user add "$USER_NAME" --password-stdin --data-dir "$FS_DIR" \
   >/dev/null 2>>"$WORK/filestore.log" || die "filestore user add failed (see $WORK/filestore.log)"
 start_server() {  # 0 once listening, 1 if it exited
-  local i
   "$FILESTORE_BIN" serve --listen "127.0.0.1:$PORT_FS" --data-dir "$FS_DIR" >>"$WORK/filestore.log" 2>&1 &
   PID_SERVER=$!
-  for i in $(seq 300); do
-    port_busy "$PORT_FS" && return 0
-    kill -0 "$PID_SERVER" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  PIDS+=("$PID_SERVER")
-  die "filestore serve did not listen on port $PORT_FS within 30 s"
+  await_port "$PORT_FS" "$PID_SERVER" "filestore serve"
 }
 # The ports lie in the kernel's ephemeral range (32768-60999): an outgoing connection
 # elsewhere on the machine can hold one for a while. Then move on to the next pair.

@@ -77,29 +77,13 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v rabbitmqctl >/dev/null || need+=(rabbitmq-server)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing ${need[*]}: install them (apt-get install ${need[*]})"
-  log "apt-get install ${need[*]}"
-  apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
-fi
+[ ${#need[@]} = 0 ] || apt_install "${need[@]}"
 command -v python3 >/dev/null || die "python3 is required"
 command -v radosgw >/dev/null || die "Ceph is not installed: run scripts/ceph-rgw.sh install"
 
 # ------------------------------------------------------------------ binary
-if [ -z "${FILESTORE_BIN:-}" ]; then
-  FILESTORE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/filestore
-  if [ $BUILD = 1 ]; then
-    log "cargo build --release -p filestore"
-    (cd "$REPO" && cargo build --release --quiet -p filestore) || die "build failed"
-  fi
-fi
-[ -x "$FILESTORE_BIN" ] || die "no binary at $FILESTORE_BIN (build with cargo build --release)"
-# filestore refuses unknown FILESTORE_* variables, FILESTORE_BIN included
-export -n FILESTORE_BIN
-for v in $(compgen -e | grep '^FILESTORE_' | grep -v '^FILESTORE_BIN$' || true); do unset "$v"; done
+bench_binary
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 python3 - "$AMQP_URL" <<'PY' || die "RabbitMQ is not reachable at $AMQP_URL (start it: rabbitmq-server -detached)"
 import socket, sys, urllib.parse as u
 p = u.urlsplit(sys.argv[1]); socket.create_connection((p.hostname or "127.0.0.1", p.port or 5672), 3).close()
@@ -120,14 +104,6 @@ Q_KEY=run-$RUN_ID
 Q_QUEUE=fsbench.transfer.$RUN_ID.q
 Q_DLQ=fsbench.transfer.$RUN_ID.dlq
 
-stop_pid() {  # SIGTERM, up to 15 s, then SIGKILL; only our own children
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  log "pid $pid ignored SIGTERM for 15 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -194,13 +170,7 @@ start_server() {  # start_server PORT: 0 once it listens, 1 if it exited (PID_FS
   env "${FS_ENV[@]}" "$FILESTORE_BIN" serve --listen "127.0.0.1:$1" --data-dir "$DATA" >>"$WORK/filestore.log" 2>&1 &
   PID_FS=$!
   PIDS+=("$PID_FS")
-  local i
-  for i in $(seq 300); do
-    kill -0 "$PID_FS" 2>/dev/null || return 1
-    port_busy "$1" && return 0
-    sleep 0.1
-  done
-  die "filestore did not listen on port $1 within 30 s"
+  await_port "$1" "$PID_FS" filestore
 }
 # The ports lie in the kernel's ephemeral range (32768-60999): an outgoing connection elsewhere
 # may hold one for a while, so a port that is taken, or taken meanwhile, passes to the next.

@@ -61,30 +61,12 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v sha1sum >/dev/null || need+=(coreutils)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing ${need[*]}: install them"
-  log "apt-get install ${need[*]}"
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+[ ${#need[@]} = 0 ] || apt_install "${need[@]}"
 command -v python3 >/dev/null || die "python3 is required"
 
-if [ -z "${FILESTORE_BIN:-}" ]; then
-  FILESTORE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/filestore
-  if [ $BUILD = 1 ]; then
-    log "cargo build --release -p filestore"
-    (cd "$REPO" && cargo build --release --quiet -p filestore) || die "build failed"
-  fi
-fi
-[ -x "$FILESTORE_BIN" ] || die "no binary at $FILESTORE_BIN (build with cargo build --release -p filestore)"
-# filestore refuses unknown FILESTORE_* variables, FILESTORE_BIN included: keep it out of the
-# environment of the processes started below.
-export -n FILESTORE_BIN
-
-# Nothing from the caller's environment may reconfigure the server or the client.
-for v in $(compgen -e | grep '^FILESTORE_' | grep -v '^FILESTORE_BIN$' || true); do unset "$v"; done
+bench_binary
 unset XDG_CONFIG_HOME XDG_DATA_HOME
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port_busy "$PORT" && die "port $PORT is in use (set BENCH_UPLOADS_PORT)"
 
 TMPROOT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
