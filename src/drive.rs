@@ -149,7 +149,7 @@ impl Drive {
         crate::metrics::add(&m.bytes_in, staged.size);
         match known {
             Some(c) if c.store != "local" || self.staging.objects().contains(&c.sha1) => {
-                content.sha256 = Some(self.second_hash(&content, staged.path()).await?);
+                content.sha256 = Some(self.second_hash_against(Some(c), &content, staged.path()).await?);
                 failpoint("upload.verified");
                 crate::metrics::add(&m.dedup_hits, 1);
                 crate::metrics::add(&m.dedup_bytes_saved, staged.size);
@@ -197,8 +197,10 @@ impl Drive {
         mut content: NewContent,
         path: &Path,
     ) -> Result<Entry> {
-        if content.sha256.is_none() && self.meta.content(&content.sha1).await?.is_some() {
-            content.sha256 = Some(self.second_hash(&content, path).await?);
+        if content.sha256.is_none() {
+            if let Some(stored) = self.meta.content(&content.sha1).await? {
+                content.sha256 = Some(self.second_hash_against(Some(stored), &content, path).await?);
+            }
         }
         self.commit_known(user, target, content, path).await
     }
@@ -254,6 +256,11 @@ impl Drive {
     /// bytes if nobody has yet, and recorded; both run at once on blocking threads.
     pub async fn second_hash(&self, content: &NewContent, path: &Path) -> Result<String> {
         let stored = self.meta.content(&content.sha1).await?;
+        self.second_hash_against(stored, content, path).await
+    }
+
+    /// `second_hash` with the stored row the caller has just read.
+    async fn second_hash_against(&self, stored: Option<Content>, content: &NewContent, path: &Path) -> Result<String> {
         let ours = async {
             if let Some(h) = &content.sha256 {
                 return Ok(h.clone());
@@ -310,12 +317,13 @@ impl Drive {
     /// established the user's right to it.
     pub async fn link(&self, user: &User, target: UploadTarget, content: &Content) -> Result<Entry> {
         validate_name(&target.name)?;
-        let mut req = CommitFile {
+        let req = CommitFile {
             owner: user.id,
             parent: target.parent,
             name: target.name,
             // The row's own second hash, compared with itself: the caller has established
-            // the right to this content, there are no new bytes to compare.
+            // the right to this content, there are no new bytes to compare. (Empty if none
+            // was recorded when the caller read the row: see `NewContent::sha256`.)
             content: NewContent {
                 sha1: content.sha1.clone(),
                 sha256: Some(content.sha256.clone()),
@@ -335,16 +343,7 @@ impl Drive {
             }
             Ok(())
         };
-        let entry = match self.meta.commit_file(&req, &present).await {
-            // The caller's copy of the row predates its second hash being recorded (set
-            // once, never changed): compare with the row as it is now.
-            Err(MetaError::Collision) if content.sha256.is_empty() => {
-                let now = self.meta.content(&content.sha1).await?.ok_or(MetaError::NotFound)?;
-                req.content.sha256 = Some(now.sha256);
-                self.meta.commit_file(&req, &present).await?
-            }
-            other => other?,
-        };
+        let entry = self.meta.commit_file(&req, &present).await?;
         let m = crate::metrics::global();
         crate::metrics::add(&m.dedup_hits, 1);
         crate::metrics::add(&m.dedup_bytes_saved, content.size.max(0) as u64);

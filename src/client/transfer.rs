@@ -41,12 +41,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let policy = Retry {
-        limit: RETRY_FOR,
-        progress: progress.cloned(),
-        ..Retry::default()
-    };
-    policy.run(what, op).await
+    Retry::reporting(progress.cloned()).run(what, op).await
 }
 
 /// How long transient failures (connection refused or broken, 5xx, 429) are retried,
@@ -63,6 +58,15 @@ pub struct Retry {
 }
 
 impl Retry {
+    /// A command-line transfer's policy: retries for [`RETRY_FOR`], says so on `progress`.
+    pub fn reporting(progress: Option<Progress>) -> Retry {
+        Retry {
+            limit: RETRY_FOR,
+            progress,
+            ..Retry::default()
+        }
+    }
+
     pub fn within(limit: Duration) -> Retry {
         Retry {
             limit,
@@ -174,23 +178,8 @@ pub async fn upload(
     let sha1 = sha1_file(local, Some(hashing.clone())).await?;
     hashing.finish("hashed");
     let progress = Progress::new(&label, size);
-    let policy = Retry {
-        limit: RETRY_FOR,
-        progress: Some(progress.clone()),
-        ..Retry::default()
-    };
-    let job = UploadJob {
-        local,
-        dest: UploadDest::Path(remote.to_string()),
-        sha1: &sha1,
-        size,
-        overwrite,
-        mtime: None,
-        mode: None,
-        parallel,
-        instant_min: 0,
-        single_put_below: 0,
-    };
+    let policy = Retry::reporting(Some(progress.clone()));
+    let job = UploadJob::to_path(local, remote, &sha1, size, overwrite, parallel);
     let done = upload_to(client, &job, &policy).await?;
     progress.set(size);
     progress.finish(if done.instant {
@@ -225,6 +214,25 @@ pub struct UploadJob<'a> {
     /// Files smaller than this that the server does not have go in one PUT instead of a
     /// chunked upload.
     pub single_put_below: u64,
+}
+
+impl<'a> UploadJob<'a> {
+    /// The command line's upload: to a path, every file tried as an instant upload first,
+    /// the rest chunked.
+    fn to_path(local: &'a Path, remote: &str, sha1: &'a str, size: u64, overwrite: bool, parallel: usize) -> Self {
+        UploadJob {
+            local,
+            dest: UploadDest::Path(remote.to_string()),
+            sha1,
+            size,
+            overwrite,
+            mtime: None,
+            mode: None,
+            parallel,
+            instant_min: 0,
+            single_put_below: 0,
+        }
+    }
 }
 
 /// Reads the file for a request body, in 256 KiB pieces.
@@ -331,11 +339,7 @@ async fn upload_while_hashing(
 ) -> Result<Uploaded> {
     let size = std::fs::metadata(local)?.len();
     let progress = Progress::new(label, size);
-    let policy = Retry {
-        limit: RETRY_FOR,
-        progress: Some(progress.clone()),
-        ..Retry::default()
-    };
+    let policy = Retry::reporting(Some(progress.clone()));
     let dest = UploadDest::Path(remote.to_string());
     let record = ResumeRecord::new(client, local, remote, overwrite)?;
     let known = match record.as_ref().and_then(ResumeRecord::load) {
@@ -369,18 +373,7 @@ async fn upload_while_hashing(
         h = &mut hashing => (h?, None),
         r = &mut parts => (hashing.await?, Some(r?)),
     };
-    let job = UploadJob {
-        local,
-        dest: dest.clone(),
-        sha1: &sha1,
-        size,
-        overwrite,
-        mtime: None,
-        mode: None,
-        parallel,
-        instant_min: 0,
-        single_put_below: 0,
-    };
+    let job = UploadJob::to_path(local, remote, &sha1, size, overwrite, parallel);
     // Still sending: the server may have the content already.
     if sent.is_none() {
         if let Some(entry) = try_instant::<RemoteEntry>(client, &job, &policy).await? {

@@ -59,7 +59,9 @@ pub struct NewContent {
     pub sha1: String,
     /// `None`: the caller expects the content to be new and has not computed the second
     /// hash; if a row of that SHA-1 exists after all, the commit fails with
-    /// `MetaError::Unverified`. `Some`: compared with the stored row's.
+    /// `MetaError::Unverified`. `Some`: compared with the stored row's. `Some("")` is only
+    /// for a link without new bytes to a row read before its hash was recorded (a hash is
+    /// recorded once, never changed); it matches the row whatever the row holds now.
     pub sha256: Option<String>,
     pub size: i64,
 }
