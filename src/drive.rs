@@ -33,7 +33,7 @@ use futures_util::Stream;
 
 use crate::blob::{BlobError, BlobStore, ByteStream, Staging};
 use crate::meta::{
-    CommitFile, Conflict, Content, DeleteStats, Entry, MetaError, MetaStore, NewContent, Overwrite, User,
+    CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, MetaError, MetaStore, NewContent, Overwrite, User,
 };
 use crate::names::{split_path, validate_name, NameError};
 use crate::util::failpoint;
@@ -52,6 +52,8 @@ pub type Result<T, E = DriveError> = std::result::Result<T, E>;
 
 /// Default permission bits of new entries.
 pub const FILE_MODE: i64 = 0o644;
+/// SHA-1 of the empty content.
+pub const EMPTY_SHA1: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 pub const DIR_MODE: i64 = 0o755;
 
 pub struct Drive {
@@ -316,6 +318,47 @@ impl Drive {
     /// A new entry for content the store already holds (instant upload). The caller has
     /// established the user's right to it.
     pub async fn link(&self, user: &User, target: UploadTarget, content: &Content) -> Result<Entry> {
+        let entry = self.link_with_mode(user, target, content, FILE_MODE).await?;
+        let m = crate::metrics::global();
+        crate::metrics::add(&m.dedup_hits, 1);
+        crate::metrics::add(&m.dedup_bytes_saved, content.size.max(0) as u64);
+        Ok(entry)
+    }
+
+    /// A new empty file `name` in `parent` with `mode` (`AlreadyExists` if the name is
+    /// taken): create(2) of a mount. Once the empty content is stored this is one
+    /// transaction that references it, with nothing written to the staging disk.
+    pub async fn create_empty(
+        &self,
+        user: &User,
+        parent: i64,
+        name: &str,
+        mode: i64,
+        mtime: Option<i64>,
+    ) -> Result<Entry> {
+        let target = UploadTarget {
+            parent,
+            name: name.to_owned(),
+            conflict: Conflict::Fail,
+            mtime,
+        };
+        match self.meta.content(EMPTY_SHA1).await? {
+            // Size 0 under the SHA-1 of nothing cannot be anything but the empty content.
+            Some(c) if c.size == 0 && (c.store != "local" || self.staging.objects().contains(&c.sha1)) => {
+                self.link_with_mode(user, target, &c, mode).await
+            }
+            _ => {
+                let nothing = futures_util::stream::empty::<std::result::Result<Bytes, std::io::Error>>();
+                let e = self.upload(user, target, nothing).await?;
+                if e.mode == mode {
+                    return Ok(e);
+                }
+                Ok(self.meta.set_attrs(user.id, e.id, Some(mode), None).await?)
+            }
+        }
+    }
+
+    async fn link_with_mode(&self, user: &User, target: UploadTarget, content: &Content, mode: i64) -> Result<Entry> {
         validate_name(&target.name)?;
         let req = CommitFile {
             owner: user.id,
@@ -330,7 +373,7 @@ impl Drive {
                 size: content.size,
             },
             conflict: target.conflict,
-            mode: FILE_MODE,
+            mode,
             mtime: target.mtime,
         };
         let objects = self.staging.objects();
@@ -343,11 +386,7 @@ impl Drive {
             }
             Ok(())
         };
-        let entry = self.meta.commit_file(&req, &present).await?;
-        let m = crate::metrics::global();
-        crate::metrics::add(&m.dedup_hits, 1);
-        crate::metrics::add(&m.dedup_bytes_saved, content.size.max(0) as u64);
-        Ok(entry)
+        Ok(self.meta.commit_file(&req, &present).await?)
     }
 
     pub async fn mkdir(&self, user: &User, parent: i64, name: &str) -> Result<Entry> {
@@ -405,6 +444,19 @@ impl Drive {
 
     pub async fn delete(&self, user: &User, id: i64, recursive: bool) -> Result<DeleteStats> {
         Ok(self.meta.delete(user.id, id, recursive).await?)
+    }
+
+    /// Deletes the entry `name` in directory `parent` if it is of `kind` (see
+    /// `MetaStore::delete_child`); a directory must be empty.
+    pub async fn delete_child(
+        &self,
+        user: &User,
+        parent: i64,
+        name: &str,
+        kind: Option<EntryKind>,
+    ) -> Result<DeleteStats> {
+        validate_name(name)?;
+        Ok(self.meta.delete_child(user.id, parent, name, kind).await?)
     }
 
     /// The content row of a file entry.

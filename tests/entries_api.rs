@@ -131,13 +131,13 @@ async fn entries_routes(backend: Backend) {
         (st, v["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("already_exists"))
     );
-    let (st, _) = api
-        .post(
-            &format!("/entries/{root}/children"),
-            json!({"name": "f", "kind": "file"}),
-        )
-        .await;
-    assert_eq!(st, 400);
+    for body in [
+        json!({"name": "f", "kind": "link"}),
+        json!({"name": "f", "kind": "dir", "mtime": 1}),
+    ] {
+        let (st, v) = api.post(&format!("/entries/{root}/children"), body.clone()).await;
+        assert_eq!(st, 400, "{body}: {v}");
+    }
     for bad in ["..", "a/b", ""] {
         let (st, v) = api
             .post(
@@ -683,7 +683,89 @@ async fn content_tokens(backend: Backend) {
     s.stop().await;
 }
 
+/// create(2) and unlink(2)/rmdir(2) of a mount in one request each: an empty file made
+/// by `POST /entries/{id}/children` and an entry deleted by name.
+async fn create_and_delete_by_name(backend: Backend) {
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let api = Api {
+        s: &s,
+        token: s.user("alice").await,
+    };
+    let bob = Api {
+        s: &s,
+        token: s.user("bobby").await,
+    };
+    let root = api.root().await;
+    let dir = api.mkdir(root, "d").await;
+    let children = format!("/entries/{dir}/children");
+
+    // Empty files: mode and mtime as asked, or the defaults; the name must be free.
+    let (st, v) = api
+        .post(
+            &children,
+            json!({"name": "new", "kind": "file", "mode": 0o600, "mtime": 1_700_000_000_456i64}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!((v["kind"].as_str(), v["size"].as_i64()), (Some("file"), Some(0)));
+    assert_eq!(v["sha1"], sha1_hex(b""));
+    assert_eq!(
+        (v["mode"].as_i64(), v["mtime_ms"].as_i64()),
+        (Some(0o600), Some(1_700_000_000_456))
+    );
+    let new_id = v["id"].as_i64().unwrap();
+    assert_eq!(api.bytes(new_id).await, b"");
+    let (st, v) = api.post(&children, json!({"name": "plain", "kind": "file"})).await;
+    assert_eq!((st, v["mode"].as_i64()), (StatusCode::CREATED, Some(0o644)));
+    let (st, v) = api.post(&children, json!({"name": "new", "kind": "file"})).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_exists"))
+    );
+    let (st, _) = api
+        .post(
+            &format!("/entries/{new_id}/children"),
+            json!({"name": "x", "kind": "file"}),
+        )
+        .await;
+    assert_eq!(st, 409, "a file is no parent");
+    let (st, _) = bob.post(&children, json!({"name": "intruder", "kind": "file"})).await;
+    assert_eq!(st, 404, "another user's directory is not there");
+    // Content uploaded afterwards replaces the empty one, keeping the id.
+    let (st, v) = api.put(&format!("/entries/{new_id}/content"), "filled").await;
+    assert_eq!((st, v["id"].as_i64()), (StatusCode::OK, Some(new_id)));
+
+    // Deletes by name, checking the kind.
+    let sub = api.mkdir(dir, "sub").await;
+    api.file(sub, "inner", b"x").await;
+    let del = |name: &str, kind: &str| format!("/entries/{dir}/children/{}?kind={kind}", enc(name));
+    assert_eq!(bob.delete(&del("new", "file")).await, 404, "not bob's");
+    assert_eq!(api.delete(&del("new", "dir")).await, 409);
+    assert_eq!(api.delete(&del("sub", "file")).await, 409);
+    assert_eq!(api.delete(&del("sub", "dir")).await, 409, "not empty");
+    assert_eq!(api.delete(&del("new", "other")).await, 400);
+    assert_eq!(
+        api.delete(&format!("/entries/{new_id}/children/x")).await,
+        409,
+        "a file is no parent"
+    );
+    assert_eq!(api.delete(&del("new", "file")).await, 204);
+    assert_eq!(api.delete(&del("new", "file")).await, 404);
+    assert_eq!(api.get(&format!("/entries/{new_id}")).await.0, 404);
+    assert_eq!(
+        api.delete(&format!("/entries/{sub}/children/inner")).await,
+        204,
+        "kind is optional"
+    );
+    assert_eq!(api.delete(&del("sub", "dir")).await, 204);
+    assert_eq!(api.names(dir).await, ["plain"]);
+    s.stop().await;
+}
+
 both_backends! {
+    by_name => create_and_delete_by_name;
     tokens => content_tokens;
     routes => entries_routes;
     uploads => uploads_by_id;

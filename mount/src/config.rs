@@ -36,6 +36,9 @@ pub struct MountConfig {
     pub kernel_read_ahead: u64,
     /// Entries asked for per `list` call while reading a directory.
     pub list_page_size: usize,
+    /// Most directory entries kept in recent listings that answer lookups for `entry_ttl`
+    /// (see `dircache`); 0 sends every lookup to the port.
+    pub dir_cache_entries: usize,
     /// Threads serving FUSE requests (each blocks on one request at a time).
     pub threads: usize,
     /// Owner shown for entries whose port stores none (default: the mounting user).
@@ -49,7 +52,7 @@ pub struct MountConfig {
 impl MountConfig {
     /// Defaults: 256 MiB cache, 10 GiB spool, 4 uploads, 1 s TTLs, 8 MiB read-ahead (1 MiB
     /// in the kernel),
-    /// pages of 1000 entries, 8 threads, owned by the calling user.
+    /// pages of 1000 entries, 100,000 cached directory entries, 8 threads, owned by the calling user.
     pub fn new(spool_dir: impl Into<PathBuf>) -> Self {
         // SAFETY: geteuid/getegid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -65,6 +68,7 @@ impl MountConfig {
             read_ahead_max: 8 << 20,
             kernel_read_ahead: 1 << 20,
             list_page_size: 1000,
+            dir_cache_entries: 100_000,
             threads: 8,
             uid,
             gid,

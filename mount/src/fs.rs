@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::cache::{nz, BlockCache, ReadAhead, BLOCK_SIZE};
+use crate::dircache::{Cached, DirCache, Fetch};
 use crate::journal::{now_ms, sha1_file, Journal, Pending, RunningSha1};
 use crate::port::{
     Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, EMPTY_SHA1, NAME_MAX,
@@ -233,8 +234,10 @@ struct FileHandle {
 }
 
 struct Listing {
-    items: Vec<(String, i64, EntryKind)>,
+    items: Vec<Entry>,
     complete: bool,
+    /// Read from the start: handed to the directory cache once complete.
+    fetch: Option<Fetch>,
 }
 
 struct DirHandle {
@@ -255,6 +258,8 @@ pub struct Fs {
     root: i64,
     cfg: MountConfig,
     cache: Arc<BlockCache>,
+    /// Recent directory listings answering lookups (see `dircache`).
+    dirs: DirCache,
     journal: Journal,
     uploads: Semaphore,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -308,6 +313,7 @@ impl Fs {
             root: port.root_id(),
             port,
             cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
+            dirs: DirCache::new(cfg.entry_ttl, cfg.dir_cache_entries),
             journal,
             uploads: Semaphore::new(cfg.max_concurrent_uploads.max(1)),
             handles: Mutex::new(HashMap::new()),
@@ -391,8 +397,51 @@ impl Fs {
     /// lookup(2): the entry `name` in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         let name = name_of(name, false)?;
-        let e = self.port.lookup(self.id_of(parent)?, name).await?;
+        let dir = self.id_of(parent)?;
+        let e = match self.dirs.lookup(dir, name) {
+            Cached::Found(e) => e,
+            // Not trusted: a name created elsewhere must show at once (close-to-open), as it
+            // does through the kernel, which caches no negative entries from this mount.
+            Cached::Absent => self.port.lookup(dir, name).await?,
+            Cached::Unknown => {
+                let e = self.port.lookup(dir, name).await?;
+                // Only names found count towards a listing: that is what one would have
+                // saved (the negative lookups of a burst of creates would not).
+                if let Some(f) = self.dirs.missed(dir) {
+                    self.fetch_listing(f).await;
+                }
+                e
+            }
+        };
         Ok(self.overlay(e))
+    }
+
+    /// Lists the directory of `f` whole (up to the cache's largest listing) for the
+    /// directory cache. A failure only means the lookups keep going to the port.
+    async fn fetch_listing(&self, f: Fetch) {
+        let limit = self.cfg.list_page_size.max(1);
+        let most = self.dirs.max_listing();
+        let mut all: Vec<Entry> = Vec::new();
+        loop {
+            let after = all.last().map(|e| e.name.clone());
+            match self.port.list(f.dir(), after.as_deref(), limit).await {
+                Ok(page) => {
+                    let done = page.len() < limit;
+                    all.extend(page);
+                    if done {
+                        break;
+                    }
+                    if all.len() > most {
+                        return f.too_large(all.len());
+                    }
+                }
+                Err(e) => {
+                    debug!(dir = f.dir(), error = %e, "listing for the directory cache failed");
+                    return;
+                }
+            }
+        }
+        self.dirs.finish_fetch(f, all);
     }
 
     /// getattr: fresh attributes (the kernel caches them for `attr_ttl`).
@@ -443,6 +492,7 @@ impl Fs {
         }
         if sa != SetAttrs::default() {
             let e = self.port.set_attrs(id, sa).await?;
+            self.dirs.put(&e);
             if let Some(m) = ch.mtime_ms {
                 self.note_explicit_mtime(id, m).await?;
             }
@@ -504,6 +554,7 @@ impl Fs {
             gid: who.gid,
         };
         let e = self.port.mkdir(self.id_of(parent)?, name, attrs).await?;
+        self.dirs.put(&e);
         Ok(self.attr(&e))
     }
 
@@ -518,24 +569,17 @@ impl Fs {
 
     async fn create_entry(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<Entry> {
         let name = name_of(name, true)?;
-        let target = PutTarget::Create {
-            parent: self.id_of(parent)?,
-            name,
-            attrs: NewAttrs {
-                mode: mode & 0o7777,
-                uid: who.uid,
-                gid: who.gid,
-            },
+        let attrs = NewAttrs {
+            mode: mode & 0o7777,
+            uid: who.uid,
+            gid: who.gid,
         };
-        let put = PutFile {
-            target,
-            source: self.journal.empty_file(),
-            size: 0,
-            sha1: EMPTY_SHA1,
-            mtime_ms: now_ms(),
-        };
-        let _permit = self.uploads.acquire().await;
-        Ok(self.port.put_file(put).await?)
+        let e = self
+            .port
+            .create_file(self.id_of(parent)?, name, attrs, now_ms())
+            .await?;
+        self.dirs.put(&e);
+        Ok(e)
     }
 
     /// create(2) with open: an empty file, opened with `flags`.
@@ -556,20 +600,25 @@ impl Fs {
     /// unlink(2). An open file keeps its spool until closed; its commit then finds the
     /// entry gone and drops the data, as POSIX does with an unlinked file.
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
-        let e = self.port.lookup(self.id_of(parent)?, name_of(name, false)?).await?;
-        if e.kind == EntryKind::Dir {
-            return Err(PortError::IsADirectory.into());
-        }
-        Ok(self.port.delete(e.id, false).await?)
+        let (dir, name) = (self.id_of(parent)?, name_of(name, false)?);
+        self.port.delete_child(dir, name, false).await?;
+        self.dirs.remove(dir, name);
+        Ok(())
     }
 
     /// rmdir(2).
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
-        let e = self.port.lookup(self.id_of(parent)?, name_of(name, false)?).await?;
-        if e.kind != EntryKind::Dir {
-            return Err(PortError::NotADirectory.into());
+        let (dir, name) = (self.id_of(parent)?, name_of(name, false)?);
+        let gone = match self.dirs.lookup(dir, name) {
+            Cached::Found(e) => Some(e.id),
+            _ => None,
+        };
+        self.port.delete_child(dir, name, true).await?;
+        self.dirs.remove(dir, name);
+        if let Some(id) = gone {
+            self.dirs.forget(id);
         }
-        Ok(self.port.delete(e.id, false).await?)
+        Ok(())
     }
 
     /// rename(2) / renameat2(2) with `RENAME_NOREPLACE`; `RENAME_EXCHANGE` and
@@ -580,9 +629,14 @@ impl Fs {
             f if f == libc::RENAME_NOREPLACE => RenameMode::NoReplace,
             _ => return Err(FsError::Invalid("rename flags other than RENAME_NOREPLACE")),
         };
-        let e = self.port.lookup(self.id_of(parent)?, name_of(name, false)?).await?;
+        let (dir, name) = (self.id_of(parent)?, name_of(name, false)?);
+        // The port, not the directory cache: the id renamed must be the one that has the
+        // name now.
+        let e = self.port.lookup(dir, name).await?;
         let new_name = name_of(new_name, true)?;
-        self.port.rename(e.id, self.id_of(new_parent)?, new_name, mode).await?;
+        let moved = self.port.rename(e.id, self.id_of(new_parent)?, new_name, mode).await?;
+        self.dirs.remove(dir, name);
+        self.dirs.put(&moved);
         Ok(())
     }
 
@@ -611,6 +665,7 @@ impl Fs {
             listing: tokio::sync::Mutex::new(Listing {
                 items: Vec::new(),
                 complete: false,
+                fetch: None,
             }),
         };
         Ok(self.insert_handle(Handle::Dir(Arc::new(h))))
@@ -624,18 +679,37 @@ impl Fs {
         };
         let mut listing = h.listing.lock().await;
         if offset == 0 {
+            // Drops an unfinished fetch first, so that a new one can begin.
+            listing.fetch = None;
             *listing = Listing {
                 items: Vec::new(),
                 complete: false,
+                fetch: self.dirs.begin_fetch(h.id),
             };
         }
         let want = (offset as usize).saturating_sub(2) + max;
         while !listing.complete && listing.items.len() < want {
-            let after = listing.items.last().map(|(n, _, _)| n.clone());
+            let after = listing.items.last().map(|e| e.name.clone());
             let limit = self.cfg.list_page_size.max(1);
-            let page = self.port.list(h.id, after.as_deref(), limit).await?;
+            let page = match self.port.list(h.id, after.as_deref(), limit).await {
+                Ok(page) => page,
+                Err(e) => {
+                    listing.fetch = None;
+                    return Err(e.into());
+                }
+            };
             listing.complete = page.len() < limit;
-            listing.items.extend(page.into_iter().map(|e| (e.name, e.id, e.kind)));
+            listing.items.extend(page);
+            if listing.items.len() > self.dirs.max_listing() {
+                if let Some(f) = listing.fetch.take() {
+                    f.too_large(listing.items.len());
+                }
+            }
+            if listing.complete {
+                if let Some(f) = listing.fetch.take() {
+                    self.dirs.finish_fetch(f, listing.items.clone());
+                }
+            }
         }
         let dots = [(".".to_owned(), h.id), ("..".to_owned(), h.parent)];
         let mut out = Vec::new();
@@ -644,7 +718,7 @@ impl Fs {
             let (name, id, kind) = match pos {
                 0 | 1 => (dots[pos].0.clone(), dots[pos].1, EntryKind::Dir),
                 _ => match listing.items.get(pos - 2) {
-                    Some((n, id, k)) => (n.clone(), *id, *k),
+                    Some(e) => (e.name.clone(), e.id, e.kind),
                     None => break,
                 },
             };
@@ -661,6 +735,8 @@ impl Fs {
 
     /// releasedir.
     pub fn releasedir(&self, fh: u64) {
+        // A listing not read to its end gives the directory cache nothing (its fetch is
+        // dropped with the handle).
         lock(&self.handles).remove(&fh);
     }
 
@@ -929,6 +1005,7 @@ impl Fs {
         match result {
             Ok(e) => {
                 debug!(id = of.id, size = sp.size, sha1, "committed");
+                self.dirs.put(&e);
                 lock(&self.kept).put(of.id, sha1);
                 let mut sh = lock(&of.shadow);
                 sh.entry = e;

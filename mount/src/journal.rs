@@ -2,7 +2,6 @@
 //!
 //! Layout of `spool_dir`:
 //! - `lock`: held with `flock` by the one mount using the directory.
-//! - `empty`: a zero-length file, the source of every `create`.
 //! - `<id>.data`: the local copy of entry `id` while it is open for writing.
 //! - `<id>.pending`: present while `<id>.data` holds changes not yet committed by the
 //!   port. Written (temp file, rename) when a spool first becomes dirty, removed after the
@@ -57,7 +56,6 @@ pub(crate) struct Journal {
     dir: PathBuf,
     // Held for the life of the mount; closing it releases the flock.
     _lock: File,
-    empty: PathBuf,
 }
 
 impl Journal {
@@ -76,17 +74,12 @@ impl Journal {
                 format!("spool dir {} is used by another mount", dir.display()),
             ));
         }
-        let empty = dir.join("empty");
-        File::create(&empty)?;
+        // Left by earlier versions, which uploaded it for every create.
+        let _ = fs::remove_file(dir.join("empty"));
         Ok(Journal {
             dir: dir.to_owned(),
             _lock: lock,
-            empty,
         })
-    }
-
-    pub(crate) fn empty_file(&self) -> &Path {
-        &self.empty
     }
 
     pub(crate) fn data_path(&self, id: i64) -> PathBuf {

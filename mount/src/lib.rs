@@ -24,6 +24,7 @@
 
 mod cache;
 mod config;
+mod dircache;
 mod fs;
 mod fuse;
 mod journal;

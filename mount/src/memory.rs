@@ -17,7 +17,8 @@ use bytes::Bytes;
 
 use crate::journal::{now_ms, sha1_bytes};
 use crate::port::{
-    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, NAME_MAX,
+    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, EMPTY_SHA1,
+    NAME_MAX,
 };
 
 /// Id of the root; deliberately not 1, so the mount's inode remapping is exercised.
@@ -43,6 +44,7 @@ pub struct MemoryTree {
     total_bytes: u64,
     reads: AtomicU64,
     lists: AtomicU64,
+    lookups: AtomicU64,
     puts: AtomicU64,
     fail_puts: AtomicBool,
 }
@@ -88,6 +90,7 @@ impl MemoryTree {
             total_bytes: 1 << 40,
             reads: AtomicU64::new(0),
             lists: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
             puts: AtomicU64::new(0),
             fail_puts: AtomicBool::new(false),
         }
@@ -116,6 +119,11 @@ impl MemoryTree {
     /// Number of `list` calls so far.
     pub fn list_calls(&self) -> u64 {
         self.lists.load(Ordering::Relaxed)
+    }
+
+    /// Number of `lookup` calls so far.
+    pub fn lookup_calls(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
     }
 
     /// Number of `put_file` calls so far.
@@ -350,6 +358,7 @@ impl RemoteTree for MemoryTree {
     }
 
     async fn lookup(&self, parent: i64, name: &str) -> Result<Entry, PortError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let st = self.lock();
         let id = *st.dir(parent)?.get(name).ok_or(PortError::NotFound)?;
         st.entry(id).cloned()
@@ -370,6 +379,20 @@ impl RemoteTree for MemoryTree {
     async fn mkdir(&self, parent: i64, name: &str, attrs: NewAttrs) -> Result<Entry, PortError> {
         let mut st = self.lock();
         let e = st.add(parent, name, attrs, None, now_ms())?;
+        self.commit(&st)?;
+        Ok(e)
+    }
+
+    async fn create_file(&self, parent: i64, name: &str, attrs: NewAttrs, mtime_ms: i64) -> Result<Entry, PortError> {
+        if let Some(dir) = &self.persist {
+            let path = dir.join("blobs").join(EMPTY_SHA1);
+            if !path.exists() {
+                fs::write(&path, b"").map_err(|e| PortError::Other(Box::new(e)))?;
+            }
+        }
+        let mut st = self.lock();
+        st.blobs.insert(EMPTY_SHA1.to_owned(), Bytes::new());
+        let e = st.add(parent, name, attrs, Some((0, EMPTY_SHA1.to_owned())), mtime_ms)?;
         self.commit(&st)?;
         Ok(e)
     }

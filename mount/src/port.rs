@@ -259,6 +259,10 @@ pub trait RemoteTree: Send + Sync + 'static {
     /// Creating an empty file is a `put_file` of [`EMPTY_SHA1`], size 0.
     async fn put_file(&self, put: PutFile<'_>) -> Result<Entry, PortError>;
 
+    /// Create the empty file `name` in `parent` (create(2)), recording `mtime_ms`;
+    /// [`PortError::AlreadyExists`] if the name is taken.
+    async fn create_file(&self, parent: i64, name: &str, attrs: NewAttrs, mtime_ms: i64) -> Result<Entry, PortError>;
+
     /// Up to `len` bytes of the content `sha1` (belonging to file `id`) from `offset`.
     /// Shorter only at the end of the content; empty at or past the end.
     async fn read(&self, id: i64, sha1: &str, offset: u64, len: u64) -> Result<Bytes, PortError>;
@@ -269,6 +273,19 @@ pub trait RemoteTree: Send + Sync + 'static {
     /// Delete entry `id`; a directory must be empty unless `recursive` (the mount always
     /// passes `false`: unlink(2) and rmdir(2)).
     async fn delete(&self, id: i64, recursive: bool) -> Result<(), PortError>;
+
+    /// Delete the entry `name` in `parent` if it is a directory (`dir`, which must be
+    /// empty: rmdir(2)) or a file (unlink(2)); the wrong kind is
+    /// [`PortError::IsADirectory`] / [`PortError::NotADirectory`]. Implementations that
+    /// can should do it in one step; this default looks the name up first.
+    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<(), PortError> {
+        let e = self.lookup(parent, name).await?;
+        match (dir, e.kind) {
+            (true, EntryKind::File) => Err(PortError::NotADirectory),
+            (false, EntryKind::Dir) => Err(PortError::IsADirectory),
+            _ => self.delete(e.id, false).await,
+        }
+    }
 
     /// Change mode, owner or times of `id`; returns the updated entry.
     async fn set_attrs(&self, id: i64, attrs: SetAttrs) -> Result<Entry, PortError>;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::fs::{AttrChange, Caller, Fs, ROOT_INO};
 use crate::memory::MemoryTree;
+use crate::port::RemoteTree;
 use crate::{MountConfig, BLOCK_SIZE};
 
 const ME: Caller = Caller { uid: 0, gid: 0 };
@@ -53,8 +54,8 @@ async fn close_commits_and_cached_reads_do_not_refetch() {
     assert_eq!(tree.content("f").unwrap(), data, "flush returns only after the commit");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
-        2,
-        "only lock and empty remain in the spool"
+        1,
+        "only the lock remains in the spool"
     );
 
     let before = tree.read_calls();
@@ -143,6 +144,110 @@ async fn readdir_pages_through_the_port() {
     assert_eq!(names.len(), 37);
     assert_eq!(&names[..3], [".", "..", "d000"]);
     assert_eq!(tree.list_calls(), 4, "35 entries in pages of 10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_in_a_busy_directory_come_from_one_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = Arc::new(MemoryTree::new(0, 0));
+    let mut cfg = MountConfig::new(dir.path());
+    // Long enough that no listing expires during the test, however slow the machine.
+    cfg.entry_ttl = std::time::Duration::from_secs(3600);
+    cfg.list_page_size = 50;
+    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    let sub = fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ME).await.unwrap().ino;
+    let mut inos = Vec::new();
+    for i in 0..200 {
+        let name = format!("f{i:03}");
+        // As the kernel does before each create.
+        let e = fs.lookup(sub, OsStr::new(&name)).await.unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT);
+        let (a, o) = fs.create(sub, OsStr::new(&name), 0o644, RDWR, ME).await.unwrap();
+        fs.release(o.fh).await.unwrap();
+        inos.push(a.ino);
+    }
+    // The kernel's negative lookup before each create reaches the port (a name created
+    // elsewhere must show at once), and fetches no listing: it would not have helped.
+    assert_eq!((tree.lookup_calls(), tree.list_calls()), (200, 0));
+    for (i, ino) in inos.iter().enumerate() {
+        let a = fs.lookup(sub, OsStr::new(&format!("f{i:03}"))).await.unwrap();
+        assert_eq!(a.ino, *ino);
+    }
+    // The first few found names at the port, then one listing (200 names in pages of 50,
+    // and the empty page that ends it) answered the rest.
+    assert_eq!((tree.lookup_calls() - 200, tree.list_calls()), (4, 5));
+    let (lookups, lists) = (tree.lookup_calls(), tree.list_calls());
+    for i in 0..200 {
+        fs.lookup(sub, OsStr::new(&format!("f{i:03}"))).await.unwrap();
+    }
+    assert_eq!(tree.lookup_calls(), lookups, "every lookup answered by the listing");
+    assert_eq!(tree.list_calls(), lists, "and no new listing was needed");
+    // A name made by someone else is found although the listing does not hold it.
+    let attrs = crate::port::NewAttrs {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+    let d_id = tree.lookup(crate::memory::MEMORY_ROOT_ID, "d").await.unwrap().id;
+    tree.mkdir(d_id, "theirs", attrs).await.unwrap();
+    fs.lookup(sub, OsStr::new("theirs")).await.unwrap();
+    let e = fs.lookup(sub, OsStr::new("nothing")).await.unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT);
+
+    // This mount's own changes show at once.
+    fs.unlink(sub, OsStr::new("f000")).await.unwrap();
+    assert_eq!(
+        fs.lookup(sub, OsStr::new("f000")).await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    fs.rename(sub, OsStr::new("f001"), ROOT_INO, OsStr::new("moved"), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs.lookup(sub, OsStr::new("f001")).await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(fs.lookup(ROOT_INO, OsStr::new("moved")).await.unwrap().ino, inos[1]);
+    let o = fs.open(inos[2], RDWR).await.unwrap();
+    fs.write(o.fh, 0, b"hello").await.unwrap();
+    fs.release(o.fh).await.unwrap();
+    assert_eq!(fs.lookup(sub, OsStr::new("f002")).await.unwrap().size, 5);
+    let kid = fs.mkdir(sub, OsStr::new("kid"), 0o755, ME).await.unwrap().ino;
+    assert_eq!(fs.lookup(sub, OsStr::new("kid")).await.unwrap().ino, kid);
+    fs.rmdir(sub, OsStr::new("kid")).await.unwrap();
+    assert_eq!(
+        fs.lookup(sub, OsStr::new("kid")).await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(tree.content("d/f002").unwrap(), b"hello".as_slice());
+    assert!(tree.content("d/f000").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_listing_ttl_every_lookup_asks_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = Arc::new(MemoryTree::new(0, 0));
+    let mut cfg = MountConfig::new(dir.path());
+    cfg.entry_ttl = std::time::Duration::ZERO;
+    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    for i in 0..20 {
+        fs.mkdir(ROOT_INO, OsStr::new(&format!("d{i}")), 0o755, ME)
+            .await
+            .unwrap();
+    }
+    let before = tree.lookup_calls();
+    for i in 0..20 {
+        fs.lookup(ROOT_INO, OsStr::new(&format!("d{i}"))).await.unwrap();
+    }
+    assert_eq!(tree.lookup_calls() - before, 20);
+    // A change by someone else is seen by the next lookup.
+    let attrs = crate::port::NewAttrs {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+    tree.mkdir(crate::memory::MEMORY_ROOT_ID, "other", attrs).await.unwrap();
+    fs.lookup(ROOT_INO, OsStr::new("other")).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -538,6 +538,30 @@ impl Client {
         .await
     }
 
+    /// A new empty file `name` in `parent`, with `mode` and the modification time `mtime`
+    /// (ms); 409 `already_exists` if the name is taken.
+    pub async fn create_file_in(&self, parent: i64, name: &str, mode: u32, mtime: i64) -> Result<RemoteNode> {
+        let body = json!({"name": name, "kind": "file", "mode": mode, "mtime": mtime});
+        self.json(
+            self.request(Method::POST, &format!("/entries/{parent}/children"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Deletes the entry `name` in `parent` if it is a directory (`dir`) or a file; a
+    /// directory must be empty.
+    pub async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<()> {
+        let req = self
+            .request(
+                Method::DELETE,
+                &format!("/entries/{parent}/children/{}", url_segment(name)),
+            )
+            .query(&[("kind", if dir { "dir" } else { "file" })]);
+        self.send(req).await?;
+        Ok(())
+    }
+
     /// Moves, renames and/or sets attributes of `id`.
     pub async fn patch_entry(&self, id: i64, patch: &EntryPatch) -> Result<RemoteNode> {
         self.json(self.request(Method::PATCH, &format!("/entries/{id}")).json(patch))

@@ -19,7 +19,7 @@ use super::content::{self, Presentation};
 use super::error::ApiError;
 use super::v1::json_body;
 use super::{check_declared_length, close_after_error, AppState, AuthUser};
-use crate::drive::{UploadTarget, DIR_MODE};
+use crate::drive::{UploadTarget, DIR_MODE, FILE_MODE};
 use crate::meta::{Conflict, Entry, EntryKind, MetaError, Overwrite, User};
 use crate::names::validate_name;
 use crate::util::rfc3339;
@@ -31,7 +31,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/entries/{id}", get(get_entry).patch(patch_entry).delete(delete_entry))
         .route("/entries/{id}/children", get(children).post(create_child))
-        .route("/entries/{id}/children/{name}", get(lookup_child))
+        .route("/entries/{id}/children/{name}", get(lookup_child).delete(delete_child))
         .route(
             "/entries/{id}/children/{name}/content",
             put(put_child)
@@ -215,9 +215,13 @@ struct CreateBody {
     name: String,
     kind: String,
     mode: Option<i64>,
+    /// Files only: the modification time to record (ms), else now.
+    mtime: Option<i64>,
 }
 
-/// `POST /entries/{id}/children` `{name, kind: "dir", mode?}`: a new directory.
+/// `POST /entries/{id}/children` `{name, kind, mode?, mtime?}`: a new directory (kind
+/// `"dir"`) or a new empty file (kind `"file"`, what create(2) makes; its content is then
+/// uploaded with `PUT /entries/{id}/content`). 409 `already_exists` if the name is taken.
 async fn create_child(
     State(st): State<AppState>,
     AuthUser(u): AuthUser,
@@ -226,15 +230,50 @@ async fn create_child(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let b: CreateBody = json_body(body).await?;
-    if b.kind != "dir" {
-        return Err(ApiError::bad_request(
-            "only directories are created here (kind \"dir\"); upload files with PUT /entries/{id}/children/{name}/content",
-        ));
-    }
     name_ok(&b.name)?;
-    let mode = check_mode(b.mode.unwrap_or(DIR_MODE))?;
-    let e = st.drive.meta().mkdir(u.id, id, &b.name, mode).await?;
+    let e = match b.kind.as_str() {
+        "dir" if b.mtime.is_none() => {
+            let mode = check_mode(b.mode.unwrap_or(DIR_MODE))?;
+            st.drive.meta().mkdir(u.id, id, &b.name, mode).await?
+        }
+        "file" => {
+            let mode = check_mode(b.mode.unwrap_or(FILE_MODE))?;
+            st.drive.create_empty(&u, id, &b.name, mode, b.mtime).await?
+        }
+        "dir" => return Err(ApiError::bad_request("mtime is only taken for files")),
+        _ => return Err(ApiError::bad_request("kind must be \"dir\" or \"file\"")),
+    };
     Ok((StatusCode::CREATED, Json(node_json(&st, &u, &e))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteChildQuery {
+    kind: Option<String>,
+}
+
+/// `DELETE /entries/{id}/children/{name}[?kind=file|dir]`: deletes the entry `name` of
+/// directory `id` in one step (unlink(2) and rmdir(2) without a lookup first). With
+/// `kind`, a directory where a file is wanted is 409 `is_a_directory`, a file where a
+/// directory is wanted 409 `not_a_directory`. A directory must be empty (409
+/// `not_empty`).
+async fn delete_child(
+    State(st): State<AppState>,
+    AuthUser(u): AuthUser,
+    Path((id, name)): Path<(String, String)>,
+    req: Request,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    name_ok(&name)?;
+    let q: DeleteChildQuery = query(req.uri())?;
+    let kind = match q.kind.as_deref() {
+        None => None,
+        Some("file") => Some(EntryKind::File),
+        Some("dir") => Some(EntryKind::Dir),
+        Some(_) => return Err(ApiError::bad_request("kind must be \"file\" or \"dir\"")),
+    };
+    st.drive.delete_child(&u, id, &name, kind).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -391,6 +391,7 @@ impl MetaStore {
         let _g = self.write_gate().await;
         let now = now_ms();
         let mut tx = self.begin().await?;
+        // The update comes first so that it takes the row's lock before anything is read.
         sqlx::query("UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL")
             .bind(now)
             .bind(id)
@@ -398,16 +399,55 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
-        if e.parent.is_none() {
-            return Err(MetaError::Root);
+        let stats = remove_entry(&mut tx, &e, recursive, now).await?;
+        tx.commit().await?;
+        Ok(stats)
+    }
+
+    /// Deletes the entry `name` in directory `parent`, in one transaction, if it is of
+    /// `kind` (a file where a directory is wanted is `NotADirectory`, the other way round
+    /// `IsADirectory`): unlink(2) and rmdir(2) of a mount without a lookup first, so the
+    /// entry deleted is the one that has the name when the transaction runs.
+    pub async fn delete_child(
+        &self,
+        owner: i64,
+        parent: i64,
+        name: &str,
+        kind: Option<EntryKind>,
+    ) -> Result<DeleteStats, MetaError> {
+        retry_txn!(self.try_delete_child(owner, parent, name, kind))
+    }
+
+    async fn try_delete_child(
+        &self,
+        owner: i64,
+        parent: i64,
+        name: &str,
+        kind: Option<EntryKind>,
+    ) -> Result<DeleteStats, MetaError> {
+        let _g = self.write_gate().await;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE entries SET ctime = ? WHERE owner = ? AND parent = ? AND name = ?")
+            .bind(now)
+            .bind(owner)
+            .bind(parent)
+            .bind(name.as_bytes().to_vec())
+            .execute(&mut *tx)
+            .await?;
+        let Some(e) = find(&mut tx, owner, parent, name).await? else {
+            // Say why: no such directory, not a directory, or no such name in it.
+            return Err(match get(&mut tx, owner, parent).await? {
+                Some(p) if !p.is_dir() => MetaError::NotADirectory,
+                _ => MetaError::NotFound,
+            });
+        };
+        match (kind, e.kind) {
+            (Some(EntryKind::Dir), EntryKind::File) => return Err(MetaError::NotADirectory),
+            (Some(EntryKind::File), EntryKind::Dir) => return Err(MetaError::IsADirectory),
+            _ => {}
         }
-        if e.is_dir() && !recursive && has_children(&mut tx, owner, id).await? {
-            return Err(MetaError::NotEmpty);
-        }
-        let stats = remove_subtree(&mut tx, owner, id, now).await?;
-        if let Some(parent) = e.parent {
-            touch_dirs(&mut tx, owner, &[parent], now).await?;
-        }
+        let stats = remove_entry(&mut tx, &e, false, now).await?;
         tx.commit().await?;
         Ok(stats)
     }
@@ -668,6 +708,25 @@ async fn clear_destination(
 }
 
 /// Deletes an entry and everything below it, releasing their contents.
+/// Deletes `e` (read in this transaction), its subtree if `recursive`, and touches its
+/// parent. A non-empty directory without `recursive` is `NotEmpty`; the root is `Root`.
+async fn remove_entry(c: &mut Conn, e: &Entry, recursive: bool, now: i64) -> Result<DeleteStats, MetaError> {
+    let Some(parent) = e.parent else {
+        return Err(MetaError::Root);
+    };
+    let stats = if e.is_dir() {
+        if !recursive && has_children(c, e.owner, e.id).await? {
+            return Err(MetaError::NotEmpty);
+        }
+        remove_subtree(c, e.owner, e.id, now).await?
+    } else {
+        // A file has no subtree to walk.
+        remove_rows(c, e.owner, &[(e.id, e.sha1.clone())], now).await?
+    };
+    touch_dirs(c, e.owner, &[parent], now).await?;
+    Ok(stats)
+}
+
 async fn remove_subtree(c: &mut Conn, owner: i64, id: i64, now: i64) -> Result<DeleteStats, MetaError> {
     let sql = "WITH RECURSIVE sub(id) AS ( \
                  SELECT id FROM entries WHERE id = ? AND owner = ? \
@@ -680,8 +739,19 @@ async fn remove_subtree(c: &mut Conn, owner: i64, id: i64, now: i64) -> Result<D
         .bind(owner)
         .fetch_all(&mut *c)
         .await?;
+    remove_rows(c, owner, &rows, now).await
+}
+
+/// Deletes the entries `rows` (id, content) with their dead properties and drops their
+/// references on contents.
+async fn remove_rows(
+    c: &mut Conn,
+    owner: i64,
+    rows: &[(i64, Option<String>)],
+    now: i64,
+) -> Result<DeleteStats, MetaError> {
     let mut per_content: std::collections::BTreeMap<String, i64> = Default::default();
-    for (_, sha1) in &rows {
+    for (_, sha1) in rows {
         if let Some(s) = sha1 {
             *per_content.entry(s.clone()).or_default() += 1;
         }

@@ -22,7 +22,7 @@ use tracing::warn;
 use super::{port_entry, unsupported_owner, DEFAULT_RETRY_FOR, UNLIMITED_BYTES};
 use crate::blob::BlobError;
 use crate::drive::{Drive, DriveError, UploadTarget};
-use crate::meta::{Conflict, Entry, MetaError, NewContent, Overwrite, User};
+use crate::meta::{Conflict, Entry, EntryKind, MetaError, NewContent, Overwrite, User};
 
 /// A user's tree on this server's drive, as the mount's port.
 pub struct DriveTree {
@@ -280,6 +280,24 @@ impl RemoteTree for DriveTree {
         self.retrying("upload", || self.put_once(&put)).await.map(entry)
     }
 
+    async fn create_file(
+        &self,
+        parent: i64,
+        name: &str,
+        attrs: NewAttrs,
+        mtime_ms: i64,
+    ) -> Result<PortEntry, PortError> {
+        let mode = i64::from(attrs.mode & 0o7777);
+        self.retrying("create", || async {
+            self.drive
+                .create_empty(&self.user, parent, name, mode, Some(mtime_ms))
+                .await
+                .map(entry)
+                .map_err(port_err)
+        })
+        .await
+    }
+
     async fn read(&self, _id: i64, sha1: &str, offset: u64, len: u64) -> Result<Bytes, PortError> {
         // The mount only asks for content this port showed it in this user's tree, so it
         // is read by SHA-1 even if the file was deleted or replaced meanwhile (a file
@@ -327,6 +345,18 @@ impl RemoteTree for DriveTree {
         self.retrying("delete", || async {
             self.drive
                 .delete(&self.user, id, recursive)
+                .await
+                .map(|_| ())
+                .map_err(port_err)
+        })
+        .await
+    }
+
+    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<(), PortError> {
+        let kind = if dir { EntryKind::Dir } else { EntryKind::File };
+        self.retrying("delete", || async {
+            self.drive
+                .delete_child(&self.user, parent, name, Some(kind))
                 .await
                 .map(|_| ())
                 .map_err(port_err)

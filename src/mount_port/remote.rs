@@ -387,6 +387,32 @@ impl RemoteTree for HttpTree {
         Ok(self.entry(node))
     }
 
+    async fn create_file(&self, parent: i64, name: &str, attrs: NewAttrs, mtime_ms: i64) -> Result<Entry, PortError> {
+        let policy = Retry::within(self.opts.retry_for);
+        let mode = attrs.mode & 0o7777;
+        match self
+            .call_with(&policy, "create", |c| async move {
+                c.create_file_in(parent, name, mode, mtime_ms).await
+            })
+            .await
+        {
+            Ok(n) => Ok(self.entry(n)),
+            // An attempt whose answer was lost may have created it: ours if it is still
+            // the empty file we asked for.
+            Err(ClientError::Api {
+                status: 409, ref code, ..
+            }) if code == "already_exists" && policy.saw_transient() => {
+                let e = self.lookup(parent, name).await?;
+                if e.kind == EntryKind::File && e.size == 0 && e.mtime_ms == mtime_ms {
+                    Ok(e)
+                } else {
+                    Err(PortError::AlreadyExists)
+                }
+            }
+            Err(e) => Err(port_err(e)),
+        }
+    }
+
     async fn read(&self, id: i64, sha1: &str, offset: u64, len: u64) -> Result<Bytes, PortError> {
         let policy = Retry::within(self.opts.retry_for);
         let token = self.token(sha1);
@@ -432,6 +458,23 @@ impl RemoteTree for HttpTree {
                 &policy,
                 "delete",
                 |c| async move { c.delete_entry(id, recursive).await },
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // An attempt whose answer was lost may have deleted it.
+            Err(ClientError::Api { status: 404, .. }) if policy.saw_transient() => Ok(()),
+            Err(e) => Err(port_err(e)),
+        }
+    }
+
+    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<(), PortError> {
+        let policy = Retry::within(self.opts.retry_for);
+        match self
+            .call_with(
+                &policy,
+                "delete",
+                |c| async move { c.delete_child(parent, name, dir).await },
             )
             .await
         {
