@@ -492,7 +492,60 @@ async fn path_resolution(backend: Backend) {
     db.cleanup().await;
 }
 
+/// A resolved path always reflects what another writer of the same database committed
+/// before the lookup: another process (a `filestore mount` beside the server) or, on
+/// MariaDB, another gateway. On SQLite the lookup runs on the calling thread through a
+/// connection of its own (`meta/direct.rs`); it must see each change at once.
+async fn resolution_sees_other_writers(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let meta = MetaStore::connect(&db.url, 2).await.expect("connect");
+    let other = MetaStore::connect(&db.url, 2).await.expect("connect");
+    let u = meta.create_user("reader", "h", false).await.unwrap();
+    let root = meta.root(u.id).await.unwrap();
+    let dir = other.mkdir(u.id, root.id, "d", 0o755).await.unwrap();
+    for i in 0..20 {
+        let name = format!("f{i}");
+        let path = ["d", name.as_str()];
+        assert_eq!(
+            meta.resolve_names(u.id, root.id, &path).await.unwrap(),
+            None,
+            "round {i}"
+        );
+        let made = put(&other, u.id, dir.id, &name, &content(&format!("one{i}")))
+            .await
+            .unwrap();
+        let seen = meta.resolve_names(u.id, root.id, &path).await.unwrap();
+        assert_eq!(
+            seen.as_ref().map(|e| (e.id, e.sha1.clone())),
+            Some((made.id, made.sha1.clone()))
+        );
+        let replace = CommitFile {
+            owner: u.id,
+            parent: dir.id,
+            name: name.clone(),
+            content: content(&format!("two{i}")),
+            conflict: Conflict::Replace,
+            mode: 0o644,
+            mtime: None,
+        };
+        let replaced = other.commit_file(&replace, &no_place).await.unwrap();
+        let seen = meta.resolve_names(u.id, root.id, &path).await.unwrap().unwrap();
+        assert_eq!(seen.sha1, replaced.sha1, "round {i}: the new content, not the old");
+        assert_eq!(seen.size, replaced.size);
+        other.delete(u.id, made.id, false).await.unwrap();
+        assert_eq!(
+            meta.resolve_names(u.id, root.id, &path).await.unwrap(),
+            None,
+            "round {i}: deleted"
+        );
+    }
+    meta.close().await;
+    other.close().await;
+    db.cleanup().await;
+}
+
 both_backends! {
+    resolution_sees_other_writers_at_once => resolution_sees_other_writers;
     paths_resolve_in_one_query => path_resolution;
     cancelled_writes_leave_no_open_transaction => cancelled_writes;
     directory_times_follow_their_entries => directory_times;

@@ -32,6 +32,9 @@ pub enum MetaError {
     Io(#[from] std::io::Error),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A lookup on the calling thread (SQLite, `direct.rs`) failed.
+    #[error("database: {0}")]
+    Direct(#[from] super::direct::DirectError),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

@@ -11,6 +11,7 @@
 //! that reads and then writes can fail with SQLITE_BUSY instead of waiting).
 
 mod checkpoint;
+mod direct;
 mod error;
 mod outbox;
 mod props;
@@ -20,6 +21,7 @@ mod store;
 mod tree;
 mod types;
 
+pub use direct::DirectError;
 pub use error::MetaError;
 pub use outbox::{state as job_state, Job, Moved};
 pub use props::{Prop, PropChange, MAX_PROPS, MAX_PROP_BYTES};

@@ -9,6 +9,7 @@ use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions};
 use tokio::sync::Mutex;
 
 use super::checkpoint::{Pending, WriteGate, BACKSTOP_PAGES};
+use super::direct::DirectReads;
 use super::error::unique;
 use super::types::{EntryKind, UserRow};
 use super::{now_ms, Content, MetaError, RemoveFn, User};
@@ -66,6 +67,8 @@ pub struct MetaStore {
     pub(super) pending: Option<Arc<Pending>>,
     /// Whether new content gets a transfer job (object storage is configured).
     pub(super) outbox: bool,
+    /// SQLite: lookups run on the calling thread instead of sqlx's (direct.rs).
+    pub(super) direct: Option<Arc<DirectReads>>,
 }
 
 /// Runs a transaction body again when the database reports a deadlock (MySQL does when two
@@ -156,12 +159,18 @@ impl MetaStore {
             .await?;
         let gate = (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(())));
         let pending = (dialect == Dialect::Sqlite).then(|| Arc::new(Pending::default()));
+        let direct = if dialect == Dialect::Sqlite {
+            DirectReads::for_url(url).map(Arc::new)
+        } else {
+            None
+        };
         Ok(MetaStore {
             pool,
             dialect,
             gate,
             pending,
             outbox: false,
+            direct,
         })
     }
 

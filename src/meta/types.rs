@@ -114,17 +114,17 @@ impl Entry {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct EntryRow {
-    id: i64,
-    owner: i64,
-    parent: Option<i64>,
-    name: Vec<u8>,
-    kind: i64,
-    sha1: Option<String>,
-    size: i64,
-    mode: i64,
-    mtime: i64,
-    ctime: i64,
-    created_at: i64,
+    pub(super) id: i64,
+    pub(super) owner: i64,
+    pub(super) parent: Option<i64>,
+    pub(super) name: Vec<u8>,
+    pub(super) kind: i64,
+    pub(super) sha1: Option<String>,
+    pub(super) size: i64,
+    pub(super) mode: i64,
+    pub(super) mtime: i64,
+    pub(super) ctime: i64,
+    pub(super) created_at: i64,
 }
 
 impl From<EntryRow> for Entry {
