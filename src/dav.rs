@@ -346,6 +346,28 @@ pub struct CredentialCache {
     key: [u8; 32],
     entries: Mutex<HashMap<[u8; 32], Verified>>,
     ttl: Duration,
+    /// Verifications under way, by header digest. A client's connections all miss at
+    /// once: on its first requests, and again each time the entry expires. Without this
+    /// each of them ran argon2 (16 at once under 16 connections), and past the sign-in
+    /// burst the rest were refused with 429. Now one verifies and the others wait for it,
+    /// then find the entry.
+    verifying: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A verification of one header under way; the last holder ends it.
+struct Flight<'a> {
+    cache: &'a CredentialCache,
+    digest: [u8; 32],
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.cache.verifying.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&self.digest).is_some_and(|t| Arc::ptr_eq(t, &self.turn)) {
+            map.remove(&self.digest);
+        }
+    }
 }
 
 /// A verified header: the account as last read, its root directory, when the password was
@@ -371,6 +393,19 @@ impl CredentialCache {
             key,
             entries: Mutex::new(HashMap::new()),
             ttl,
+            verifying: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Joins (or starts) the verification of `header`; lock `turn` before verifying.
+    fn flight(&self, header: &[u8]) -> Flight<'_> {
+        let digest = self.digest(header);
+        let mut map = self.verifying.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = map.entry(digest).or_default().clone();
+        Flight {
+            cache: self,
+            digest,
+            turn,
         }
     }
 
@@ -498,6 +533,15 @@ async fn authenticate(
     let (name, password) = decoded
         .split_once(':')
         .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
+    let flight = dav.credentials.flight(raw);
+    let _turn = flight.turn.lock().await;
+    // Verified by the request this one waited for?
+    if let Some(v) = dav.credentials.get(raw) {
+        if v.checked.elapsed() < USER_RECHECK {
+            crate::metrics::add(&m.credential_cache_hits, 1);
+            return Ok((v.user, Some(v.root)));
+        }
+    }
     crate::metrics::add(&m.credential_cache_misses, 1);
     let user = accounts
         .check_credentials(name, password, ip)

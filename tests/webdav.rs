@@ -320,6 +320,22 @@ both_backends! {
     propfind_large_directory => large_directory;
 }
 
+/// A client's connections all present the same new Basic header at once (and again
+/// whenever the cached verification expires): one argon2 verification serves them all,
+/// so none is refused by the sign-in rate limit, however small its burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_requests_verify_once() {
+    let s = TestServer::start_with(Backend::Sqlite, |cfg| cfg.auth.signin_burst_per_user = 2)
+        .await
+        .unwrap();
+    dav_user(&s, "carol").await;
+    let requests = (0..16).map(|_| dav(&s, "PROPFIND", "/", "carol").header("depth", "0").send());
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!(r.unwrap().status(), StatusCode::MULTI_STATUS);
+    }
+    s.stop().await;
+}
+
 /// davfs2, the Linux kernel-level client: copy in and out, rename, delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn davfs2_mount() {
