@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, instrument, warn};
@@ -100,6 +101,13 @@ impl Filesystem for FuseFs {
         // an empty file before the real content is written.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
             debug!(?missing, "kernel lacks atomic O_TRUNC");
+        }
+        // Listings come with attributes (readdirplus), so `ls -l` or a walk does not look
+        // up every name again; "auto" lets the kernel use plain readdir where it sees no
+        // use for them.
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(missing) = config.add_capabilities(plus) {
+            debug!(?missing, "kernel lacks readdirplus");
         }
         Ok(())
     }
@@ -323,6 +331,29 @@ impl Filesystem for FuseFs {
                         FileType::RegularFile
                     };
                     if reply.add(INodeNo(it.ino), it.next_offset, kind, &it.name) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, ino = ino.0, fh = fh.0, offset))]
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.run(self.fs.readdir(fh.0, offset, 256)) {
+            Ok(items) => {
+                for it in items {
+                    let attr = file_attr(&it.attr);
+                    if reply.add(
+                        INodeNo(it.ino),
+                        it.next_offset,
+                        &it.name,
+                        &self.entry_ttl,
+                        &attr,
+                        Generation(0),
+                    ) {
                         break;
                     }
                 }

@@ -144,6 +144,16 @@ async fn readdir_pages_through_the_port() {
     assert_eq!(names.len(), 37);
     assert_eq!(&names[..3], [".", "..", "d000"]);
     assert_eq!(tree.list_calls(), 4, "35 entries in pages of 10");
+    // What readdirplus hands the kernel: the attributes a lookup would give.
+    let fh = fs.opendir(ROOT_INO).await.unwrap();
+    for it in fs.readdir(fh, 2, 40).await.unwrap() {
+        let a = fs.lookup(ROOT_INO, OsStr::new(&it.name)).await.unwrap();
+        assert_eq!(it.attr, a, "{}", it.name);
+        assert_eq!(it.ino, a.ino);
+    }
+    let dots = fs.readdir(fh, 0, 2).await.unwrap();
+    assert_eq!((dots[0].ino, dots[0].attr.ino), (ROOT_INO, ROOT_INO));
+    fs.releasedir(fh);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
