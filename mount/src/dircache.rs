@@ -33,8 +33,9 @@ const MAX_DIRS: usize = 4096;
 /// The answer of [`DirCache::lookup`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Cached {
-    /// A fresh listing holds the name.
-    Found(Entry),
+    /// A fresh listing holds the name; the listing is good for this much longer (what the
+    /// kernel may cache the answer for, so that it goes no staler than `ttl` in all).
+    Found(Entry, Duration),
     /// A fresh listing does not hold the name (which may have been created elsewhere
     /// since: ask the port, but it is no sign that the listing is missing).
     Absent,
@@ -164,7 +165,7 @@ impl DirCache {
         };
         match &d.listing {
             Some(l) if l.at.elapsed() < self.ttl => match l.names.get(name) {
-                Some(e) => Cached::Found(e.clone()),
+                Some(e) => Cached::Found(e.clone(), self.ttl.saturating_sub(l.at.elapsed())),
                 None => Cached::Absent,
             },
             Some(_) => {
@@ -355,6 +356,16 @@ mod tests {
         }
     }
 
+    fn found(c: Cached) -> Option<Entry> {
+        match c {
+            Cached::Found(e, left) => {
+                assert!(left <= Duration::from_secs(60), "never more than the TTL");
+                Some(e)
+            }
+            _ => None,
+        }
+    }
+
     fn fetch_now(c: &DirCache, dir: i64) -> Fetch {
         for _ in 0..MIN_MISSES - 1 {
             assert!(c.missed(dir).is_none());
@@ -368,7 +379,7 @@ mod tests {
         assert_eq!(c.lookup(1, "a"), Cached::Unknown);
         let f = fetch_now(&c, 1);
         c.finish_fetch(f, vec![file(1, 10, "a")]);
-        assert_eq!(c.lookup(1, "a"), Cached::Found(file(1, 10, "a")));
+        assert_eq!(found(c.lookup(1, "a")), Some(file(1, 10, "a")));
         assert_eq!(c.lookup(1, "b"), Cached::Absent);
         assert_eq!(c.lookup(2, "a"), Cached::Unknown);
         assert_eq!(c.held(), 1);
@@ -394,9 +405,9 @@ mod tests {
         c.put(&file(1, 11, "new"));
         c.remove(1, "old");
         c.finish_fetch(f, vec![file(1, 10, "old"), file(1, 12, "kept")]);
-        assert_eq!(c.lookup(1, "new"), Cached::Found(file(1, 11, "new")));
+        assert_eq!(found(c.lookup(1, "new")), Some(file(1, 11, "new")));
         assert_eq!(c.lookup(1, "old"), Cached::Absent);
-        assert_eq!(c.lookup(1, "kept"), Cached::Found(file(1, 12, "kept")));
+        assert_eq!(found(c.lookup(1, "kept")), Some(file(1, 12, "kept")));
         c.remove(1, "kept");
         assert_eq!(c.lookup(1, "kept"), Cached::Absent);
         assert_eq!(c.held(), 1);
@@ -422,7 +433,7 @@ mod tests {
         c.finish_fetch(f, (0..40).map(|i| file(4, 400 + i, &format!("k{i}"))).collect());
         assert!(c.held() <= 100, "{} entries held", c.held());
         assert!(
-            matches!(c.lookup(4, "k1"), Cached::Found(_)),
+            matches!(c.lookup(4, "k1"), Cached::Found(..)),
             "the newest listing stays"
         );
         assert_eq!(c.lookup(2, "g1"), Cached::Unknown, "the oldest went");

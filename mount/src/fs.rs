@@ -398,11 +398,18 @@ impl Fs {
     // ---- metadata ----
 
     /// lookup(2): the entry `name` in directory `parent`.
+    #[cfg(test)]
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        Ok(self.lookup_for(parent, name).await?.0)
+    }
+
+    /// lookup(2), and how long the kernel may cache the answer: `entry_ttl`, or what is
+    /// left of it when the answer comes from a listing fetched earlier.
+    pub async fn lookup_for(&self, parent: u64, name: &OsStr) -> Result<(Attr, Duration)> {
         let name = name_of(name, false)?;
         let dir = self.id_of(parent)?;
         let e = match self.dirs.lookup(dir, name) {
-            Cached::Found(e) => e,
+            Cached::Found(e, left) => return Ok((self.overlay(e), left)),
             // Not trusted: a name created elsewhere must show at once (close-to-open), as it
             // does through the kernel, which caches no negative entries from this mount.
             Cached::Absent => self.port.lookup(dir, name).await?,
@@ -416,7 +423,7 @@ impl Fs {
                 e
             }
         };
-        Ok(self.overlay(e))
+        Ok((self.overlay(e), self.cfg.entry_ttl))
     }
 
     /// Lists the directory of `f` whole (up to the cache's largest listing) for the
@@ -613,7 +620,7 @@ impl Fs {
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         let (dir, name) = (self.id_of(parent)?, name_of(name, false)?);
         let gone = match self.dirs.lookup(dir, name) {
-            Cached::Found(e) => Some(e.id),
+            Cached::Found(e, _) => Some(e.id),
             _ => None,
         };
         self.port.delete_child(dir, name, true).await?;

@@ -114,8 +114,8 @@ impl Filesystem for FuseFs {
 
     #[instrument(level = "debug", skip_all, fields(req = req.unique().0, parent = parent.0, ?name))]
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.run(self.fs.lookup(parent.0, name)) {
-            Ok(a) => reply.entry(&self.entry_ttl, &file_attr(&a), Generation(0)),
+        match self.run(self.fs.lookup_for(parent.0, name)) {
+            Ok((a, ttl)) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
