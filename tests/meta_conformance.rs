@@ -539,6 +539,40 @@ async fn resolution_sees_other_writers(backend: Backend) {
             "round {i}: deleted"
         );
     }
+    // Reads by id, of content rows and of tokens see the other store's writes at once too.
+    let f = put(&other, u.id, dir.id, "by-id", &content("by id")).await.unwrap();
+    let seen = meta.entry(u.id, f.id).await.unwrap().unwrap();
+    assert_eq!((seen.name.as_str(), seen.sha1.clone()), ("by-id", f.sha1.clone()));
+    assert_eq!(
+        meta.lookup(u.id, dir.id, "by-id").await.unwrap().map(|e| e.id),
+        Some(f.id)
+    );
+    let c = meta.content(f.sha1.as_deref().unwrap()).await.unwrap().unwrap();
+    assert_eq!((c.size, c.refcount), (5, 1));
+    assert!(
+        meta.entry(u.id + 1, f.id).await.unwrap().is_none(),
+        "another owner's id is not there"
+    );
+    other.delete(u.id, f.id, false).await.unwrap();
+    assert!(meta.entry(u.id, f.id).await.unwrap().is_none());
+    assert!(meta.lookup(u.id, dir.id, "by-id").await.unwrap().is_none());
+    let c = meta.content(f.sha1.as_deref().unwrap()).await.unwrap().unwrap();
+    assert_eq!(c.refcount, 0, "the released reference shows at once");
+    let now = filestore::meta::now_ms();
+    other.insert_token("tokenhash", u.id, now + 60_000).await.unwrap();
+    assert_eq!(
+        meta.user_by_token("tokenhash", now).await.unwrap().map(|u| u.id),
+        Some(u.id)
+    );
+    assert!(
+        meta.user_by_token("tokenhash", now + 60_000).await.unwrap().is_none(),
+        "expired"
+    );
+    other.delete_token("tokenhash").await.unwrap();
+    assert!(
+        meta.user_by_token("tokenhash", now).await.unwrap().is_none(),
+        "signed out"
+    );
     meta.close().await;
     other.close().await;
     db.cleanup().await;

@@ -28,15 +28,16 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::store::entry_cols;
-use super::types::EntryRow;
-use super::Entry;
+use super::store::{entry_cols, file_cols};
+use super::types::{EntryRow, UserRow};
+use super::{Content, Entry, User};
 
 /// Connections kept open between lookups. The Tokio runtime has one worker per core, so
 /// more than a few are seldom in use at once; extra ones opened under a burst are closed.
 const MAX_IDLE: usize = 8;
 
-/// Prepared statements kept per connection: the resolution queries of 1 to 8 components.
+/// Prepared statements kept per connection: the resolution queries of 1 to 8 components
+/// and the single-row reads below.
 const CACHED_STATEMENTS: usize = 16;
 
 /// Why a direct lookup gave no answer.
@@ -148,6 +149,61 @@ impl DirectReads {
                 Some(row) => Ok(Some(Entry::from(entry_row(row)?))),
                 None => Ok(None),
             }
+        })
+    }
+}
+
+impl DirectReads {
+    /// `MetaStore::entry`: the entry `id` if `owner` owns it.
+    pub(super) fn entry(&self, owner: i64, id: i64) -> Result<Option<Entry>, DirectError> {
+        const SQL: &str = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
+        self.one(SQL, (id, owner), |row| Ok(Entry::from(entry_row(row)?)))
+    }
+
+    /// `MetaStore::content`: the content row of `sha1`.
+    pub(super) fn content(&self, sha1: &str) -> Result<Option<Content>, DirectError> {
+        const SQL: &str = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
+        self.one(SQL, [sha1], |row| {
+            Ok(Content {
+                sha1: row.get(0)?,
+                sha256: row.get(1)?,
+                size: row.get(2)?,
+                refcount: row.get(3)?,
+                store: row.get(4)?,
+                object_key: row.get(5)?,
+                zero_since: row.get(6)?,
+                created_at: row.get(7)?,
+            })
+        })
+    }
+
+    /// `MetaStore::user_by_token`: the enabled account holding the unexpired token whose
+    /// hash is `token_hash`.
+    pub(super) fn user_by_token(&self, token_hash: &str, now: i64) -> Result<Option<User>, DirectError> {
+        self.one(super::store::USER_BY_TOKEN, (token_hash, now), |row| {
+            Ok(User::from(UserRow {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                password_hash: row.get(2)?,
+                is_admin: row.get(3)?,
+                disabled: row.get(4)?,
+                created_at: row.get(5)?,
+                last_active: row.get(6)?,
+            }))
+        })
+    }
+
+    /// The first row of `sql` with `params`, mapped by `map`.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, DirectError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut rows = stmt.query(params)?;
+            rows.next()?.map(map).transpose()
         })
     }
 }

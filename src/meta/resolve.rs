@@ -25,6 +25,19 @@ pub(super) fn resolve_sql(n: usize) -> String {
 }
 
 impl MetaStore {
+    /// `read` on the calling thread ([`super::direct`]), on SQLite when its connections
+    /// can answer without waiting; `None` when the caller should ask sqlx instead.
+    pub(super) fn direct_read<T>(
+        &self,
+        read: impl FnOnce(&super::direct::DirectReads) -> Result<T, super::direct::DirectError>,
+    ) -> Option<Result<T, MetaError>> {
+        match self.direct.as_deref().map(read) {
+            Some(Ok(v)) => Some(Ok(v)),
+            Some(Err(e)) if !e.fall_back() => Some(Err(e.into())),
+            _ => None,
+        }
+    }
+
     /// The entry reached from directory `from` by following `names`, each a child of the
     /// one before, or `None` if a component does not exist (a file has no children, so a
     /// file in the middle of the path also gives `None`). `names` must not be empty.
@@ -36,10 +49,9 @@ impl MetaStore {
         let mut dir = from;
         let mut found = None;
         for part in names.chunks(NAMES_PER_QUERY) {
-            let step = match self.direct.as_deref().map(|d| d.resolve_some(owner, dir, part)) {
-                Some(Ok(e)) => e,
-                Some(Err(e)) if !e.fall_back() => return Err(e.into()),
-                _ => self.resolve_some(owner, dir, part).await?,
+            let step = match self.direct_read(|d| d.resolve_some(owner, dir, part)) {
+                Some(found) => found?,
+                None => self.resolve_some(owner, dir, part).await?,
             };
             match step {
                 Some(e) => {

@@ -35,6 +35,12 @@ macro_rules! entry_cols {
 }
 pub(super) use {entry_cols, file_cols};
 
+/// The enabled account holding an unexpired token, by the token's hash.
+pub(super) const USER_BY_TOKEN: &str =
+    "SELECT u.id, u.name, u.password_hash, u.is_admin, u.disabled, u.created_at, u.last_active \
+     FROM tokens t JOIN users u ON u.id = t.user_id \
+     WHERE t.token_hash = ? AND t.expires_at > ? AND u.disabled = 0";
+
 /// Which SQL dialect the pool speaks; only upserts differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -335,10 +341,10 @@ impl MetaStore {
 
     /// The enabled user a live token belongs to.
     pub async fn user_by_token(&self, token_hash: &str, now: i64) -> Result<Option<User>, MetaError> {
-        let sql = "SELECT u.id, u.name, u.password_hash, u.is_admin, u.disabled, u.created_at, u.last_active \
-                   FROM tokens t JOIN users u ON u.id = t.user_id \
-                   WHERE t.token_hash = ? AND t.expires_at > ? AND u.disabled = 0";
-        let row: Option<UserRow> = sqlx::query_as(sql)
+        if let Some(found) = self.direct_read(|d| d.user_by_token(token_hash, now)) {
+            return found;
+        }
+        let row: Option<UserRow> = sqlx::query_as(USER_BY_TOKEN)
             .bind(token_hash)
             .bind(now)
             .fetch_optional(&self.pool)
@@ -397,6 +403,9 @@ impl MetaStore {
     // ---- content --------------------------------------------------------------------
 
     pub async fn content(&self, sha1: &str) -> Result<Option<Content>, MetaError> {
+        if let Some(found) = self.direct_read(|d| d.content(sha1)) {
+            return found;
+        }
         let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
         Ok(sqlx::query_as(sql).bind(sha1).fetch_optional(&self.pool).await?)
     }

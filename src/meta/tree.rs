@@ -27,13 +27,16 @@ impl MetaStore {
     }
 
     pub async fn entry(&self, owner: i64, id: i64) -> Result<Option<Entry>, MetaError> {
+        if let Some(found) = self.direct_read(|d| d.entry(owner, id)) {
+            return found;
+        }
         let mut c = self.pool.acquire().await?;
         get(&mut c, owner, id).await
     }
 
     pub async fn lookup(&self, owner: i64, parent: i64, name: &str) -> Result<Option<Entry>, MetaError> {
-        let mut c = self.pool.acquire().await?;
-        find(&mut c, owner, parent, name).await
+        // One name is a path of one component: on SQLite, read on the calling thread.
+        self.resolve_names(owner, parent, &[name]).await
     }
 
     /// Children of a directory in byte order of their names, after `after` (exclusive),

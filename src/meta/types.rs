@@ -14,13 +14,13 @@ pub struct User {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct UserRow {
-    id: i64,
-    name: String,
-    password_hash: String,
-    is_admin: i64,
-    disabled: i64,
-    created_at: i64,
-    last_active: i64,
+    pub(super) id: i64,
+    pub(super) name: String,
+    pub(super) password_hash: String,
+    pub(super) is_admin: i64,
+    pub(super) disabled: i64,
+    pub(super) created_at: i64,
+    pub(super) last_active: i64,
 }
 
 impl From<UserRow> for User {
