@@ -10,7 +10,7 @@
 //! and `release` hash it and `put_file` it, returning only once the port has committed.
 //! The first change journals the spool, so a killed mount uploads it when restarted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,7 +24,7 @@ use lru::LruCache;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::cache::{nz, BlockCache, ReadAhead, BLOCK_SIZE};
+use crate::cache::{nz, BlockCache, Claimed, IfBusy, ReadAhead, BLOCK_SIZE};
 use crate::dircache::{Cached, DirCache, Fetch};
 use crate::journal::{now_ms, sha1_file, Journal, Pending, RunningSha1};
 use crate::port::{
@@ -271,7 +271,6 @@ pub struct Fs {
     /// SHA-1 the kernel's page cache last held for an entry (for `FOPEN_KEEP_CACHE`).
     kept: Mutex<LruCache<i64, String>>,
     spool_used: AtomicU64,
-    prefetching: Arc<Mutex<HashSet<(String, u64)>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -324,7 +323,6 @@ impl Fs {
             open: Mutex::new(HashMap::new()),
             kept: Mutex::new(LruCache::new(nz(65536))),
             spool_used: AtomicU64::new(0),
-            prefetching: Arc::new(Mutex::new(HashSet::new())),
             cfg,
         })
     }
@@ -1062,8 +1060,9 @@ impl Fs {
     }
 
     /// Bytes `[offset, end)` of content `sha1`, fetching missing blocks plus read-ahead up
-    /// to `offset + want` in one ranged read; if only the read-ahead part is missing, it
-    /// is fetched in the background.
+    /// to `offset + want` in one ranged read (as far as the cache's read-ahead budget
+    /// allows); if only the read-ahead part is missing, it is fetched in the background.
+    /// A block another read is fetching is waited for, not fetched again.
     async fn read_content(
         &self,
         id: i64,
@@ -1077,27 +1076,56 @@ impl Fs {
         let last_needed = (end - 1) / BLOCK_SIZE;
         let fetch_end = (offset + want).min(file_size).max(end);
         let last_fetch = (fetch_end - 1) / BLOCK_SIZE;
-        let mut blocks: Vec<Option<Bytes>> = (first..=last_needed).map(|b| self.cache.get(sha1, b)).collect();
-        if let Some(miss) = blocks.iter().position(Option::is_none) {
+        let mut blocks: Vec<Option<Bytes>> = vec![None; (last_needed + 1 - first) as usize];
+        let mut waited_for = None;
+        loop {
+            for (b, slot) in (first..).zip(blocks.iter_mut()) {
+                if slot.is_none() {
+                    *slot = self.cache.get(sha1, b);
+                }
+            }
+            let Some(miss) = blocks.iter().position(Option::is_none) else {
+                break;
+            };
             let start = first + miss as u64;
-            let data = self
-                .port
-                .read(id, sha1, start * BLOCK_SIZE, (last_fetch + 1 - start) * BLOCK_SIZE)
-                .await?;
-            for (i, chunk) in split_blocks(&data).into_iter().enumerate() {
-                let b = start + i as u64;
-                self.cache.insert(sha1, b, chunk.clone());
+            // Wait once per block: a failed fetch or a block evicted before we got it
+            // (a cache smaller than the reads) then has this read fetch it itself.
+            let if_busy = if waited_for == Some(start) {
+                IfBusy::Fetch
+            } else {
+                IfBusy::Wait
+            };
+            let claim = match self
+                .cache
+                .claim(sha1, start, last_fetch, last_needed + 1 - start, if_busy)
+            {
+                Claimed::Fetch(claim) => claim,
+                Claimed::Wait(mut done) => {
+                    waited_for = Some(start);
+                    let _ = done.changed().await;
+                    continue;
+                }
+                // Cached meanwhile.
+                Claimed::Nothing => continue,
+            };
+            let (at, len) = claim.range();
+            let data = self.port.read(id, sha1, at, len).await?;
+            for (b, chunk) in (start..).zip(claim.fill(&data)) {
                 if b <= last_needed {
                     blocks[(b - first) as usize] = Some(chunk);
                 }
             }
-        } else if last_fetch > last_needed {
+            if blocks[miss].is_none() {
+                return Err(PortError::Other("content shorter than its entry's size".into()).into());
+            }
+        }
+        if last_fetch > last_needed {
             self.prefetch(id, sha1, last_needed + 1, last_fetch);
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for (i, block) in blocks.into_iter().enumerate() {
-            let block = block.ok_or_else(|| PortError::Other("content shorter than its entry's size".into()))?;
-            let base = (first + i as u64) * BLOCK_SIZE;
+        for (b, block) in (first..).zip(blocks) {
+            let block = block.unwrap_or_default();
+            let base = b * BLOCK_SIZE;
             let from = offset.saturating_sub(base) as usize;
             let to = ((end - base) as usize).min(block.len());
             if from < to {
@@ -1107,10 +1135,10 @@ impl Fs {
         Ok(out.freeze())
     }
 
-    /// Background read-aheads still running.
+    /// Blocks being fetched (read-ahead or reads) right now.
     #[cfg(test)]
     pub(crate) fn prefetches_in_flight(&self) -> usize {
-        lock(&self.prefetching).len()
+        self.cache.blocks_in_flight()
     }
 
     /// Background read-ahead of blocks `[from, to]` not already cached or in flight.
@@ -1118,25 +1146,19 @@ impl Fs {
         let Some(start) = (from..=to).find(|b| self.cache.get(sha1, *b).is_none()) else {
             return;
         };
-        let key = (sha1.to_owned(), start);
-        if !lock(&self.prefetching).insert(key.clone()) {
+        let Claimed::Fetch(claim) = self.cache.claim(sha1, start, to, 0, IfBusy::Skip) else {
             return;
-        }
-        let (port, cache, inflight) = (self.port.clone(), self.cache.clone(), self.prefetching.clone());
+        };
+        let port = self.port.clone();
         let sha1 = sha1.to_owned();
         tokio::spawn(async move {
-            match port
-                .read(id, &sha1, start * BLOCK_SIZE, (to + 1 - start) * BLOCK_SIZE)
-                .await
-            {
+            let (at, len) = claim.range();
+            match port.read(id, &sha1, at, len).await {
                 Ok(data) => {
-                    for (i, chunk) in split_blocks(&data).into_iter().enumerate() {
-                        cache.insert(&sha1, start + i as u64, chunk);
-                    }
+                    claim.fill(&data);
                 }
                 Err(e) => debug!(id, error = %e, "read-ahead failed"),
             }
-            lock(&inflight).remove(&key);
         });
     }
 
@@ -1254,13 +1276,4 @@ impl Fs {
         }
         Ok(done)
     }
-}
-
-/// A fetched range as cache blocks, each in an allocation of its own: a slice of the
-/// response would keep the whole response buffer (up to `read_ahead_max`, often with
-/// spare capacity) alive while any of its blocks is cached, and the cache's byte bound
-/// would then not bound the memory.
-fn split_blocks(data: &Bytes) -> Vec<Bytes> {
-    let b = BLOCK_SIZE as usize;
-    data.chunks(b).map(Bytes::copy_from_slice).collect()
 }
