@@ -75,6 +75,33 @@ async fn close_commits_and_cached_reads_do_not_refetch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_block_is_fetched_once_from_open_to_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup(&dir.path().join("a"));
+    let data = pattern(10_000);
+    let ino = write_file(&fs, "small", &data).await;
+    // A second mount of the same tree: nothing cached.
+    let other = Fs::new(tree.clone(), MountConfig::new(dir.path().join("b"))).unwrap();
+    let o = other.open(ino, libc::O_RDONLY).await.unwrap();
+    // The open started the fetch; wait for it to land (no read has been asked for).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tree.read_calls() == 0 || other.prefetches_in_flight() > 0 {
+        assert!(std::time::Instant::now() < deadline, "open fetched nothing");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(tree.read_calls(), 1);
+    assert_eq!(other.read(o.fh, 0, 128 * 1024).await.unwrap(), data);
+    other.release(o.fh).await.unwrap();
+    assert_eq!(tree.read_calls(), 1, "the read found the block the open fetched");
+    for _ in 0..20 {
+        let o = other.open(ino, libc::O_RDONLY).await.unwrap();
+        assert_eq!(other.read(o.fh, 0, 128 * 1024).await.unwrap(), data);
+        other.release(o.fh).await.unwrap();
+    }
+    assert_eq!(tree.read_calls(), 1, "cached since: 21 opens, one fetch in all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_writes_truncate_and_append() {
     let dir = tempfile::tempdir().unwrap();
     let (tree, fs) = setup(dir.path());
