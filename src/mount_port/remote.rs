@@ -235,6 +235,38 @@ impl HttpTree {
             .map_err(port_err)
     }
 
+    /// Runs the create `call` of `name` in `parent`. When an attempt's answer was lost and
+    /// a retry finds the name taken, the entry there is the one that attempt made if
+    /// `ours` says so.
+    async fn create_with<F, Fut>(
+        &self,
+        what: &str,
+        parent: i64,
+        name: &str,
+        call: F,
+        ours: impl Fn(&Entry) -> bool,
+    ) -> Result<Entry, PortError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<RemoteNode, ClientError>>,
+    {
+        let policy = Retry::within(self.opts.retry_for);
+        match self.call_with(&policy, what, call).await {
+            Ok(n) => Ok(self.entry(n)),
+            Err(ClientError::Api {
+                status: 409, ref code, ..
+            }) if code == "already_exists" && policy.saw_transient() => {
+                let e = self.lookup(parent, name).await?;
+                if ours(&e) {
+                    Ok(e)
+                } else {
+                    Err(PortError::AlreadyExists)
+                }
+            }
+            Err(e) => Err(port_err(e)),
+        }
+    }
+
     /// Sets the mode (of a created file) and the mtime the upload could not carry.
     async fn fix_attrs(&self, n: RemoteNode, mode: Option<u32>, mtime: i64) -> Result<RemoteNode, PortError> {
         let patch = EntryPatch {
@@ -294,28 +326,10 @@ impl RemoteTree for HttpTree {
     }
 
     async fn mkdir(&self, parent: i64, name: &str, attrs: NewAttrs) -> Result<Entry, PortError> {
-        let policy = Retry::within(self.opts.retry_for);
         let mode = attrs.mode & 0o7777;
-        match self
-            .call_with(&policy, "mkdir", |c| async move {
-                c.mkdir_in(parent, name, Some(mode)).await
-            })
+        let call = |c: Client| async move { c.mkdir_in(parent, name, Some(mode)).await };
+        self.create_with("mkdir", parent, name, call, |e| e.kind == EntryKind::Dir)
             .await
-        {
-            Ok(n) => Ok(self.entry(n)),
-            // An attempt whose answer was lost may have created it.
-            Err(ClientError::Api {
-                status: 409, ref code, ..
-            }) if code == "already_exists" && policy.saw_transient() => {
-                let e = self.lookup(parent, name).await?;
-                if e.kind == EntryKind::Dir {
-                    Ok(e)
-                } else {
-                    Err(PortError::AlreadyExists)
-                }
-            }
-            Err(e) => Err(port_err(e)),
-        }
     }
 
     async fn put_file(&self, put: PutFile<'_>) -> Result<Entry, PortError> {
@@ -388,29 +402,11 @@ impl RemoteTree for HttpTree {
     }
 
     async fn create_file(&self, parent: i64, name: &str, attrs: NewAttrs, mtime_ms: i64) -> Result<Entry, PortError> {
-        let policy = Retry::within(self.opts.retry_for);
         let mode = attrs.mode & 0o7777;
-        match self
-            .call_with(&policy, "create", |c| async move {
-                c.create_file_in(parent, name, mode, mtime_ms).await
-            })
-            .await
-        {
-            Ok(n) => Ok(self.entry(n)),
-            // An attempt whose answer was lost may have created it: ours if it is still
-            // the empty file we asked for.
-            Err(ClientError::Api {
-                status: 409, ref code, ..
-            }) if code == "already_exists" && policy.saw_transient() => {
-                let e = self.lookup(parent, name).await?;
-                if e.kind == EntryKind::File && e.size == 0 && e.mtime_ms == mtime_ms {
-                    Ok(e)
-                } else {
-                    Err(PortError::AlreadyExists)
-                }
-            }
-            Err(e) => Err(port_err(e)),
-        }
+        let call = |c: Client| async move { c.create_file_in(parent, name, mode, mtime_ms).await };
+        // Still the empty file asked for: ours.
+        let ours = |e: &Entry| e.kind == EntryKind::File && e.size == 0 && e.mtime_ms == mtime_ms;
+        self.create_with("create", parent, name, call, ours).await
     }
 
     async fn read(&self, id: i64, sha1: &str, offset: u64, len: u64) -> Result<Bytes, PortError> {
