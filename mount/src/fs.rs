@@ -376,12 +376,23 @@ impl Fs {
         }
     }
 
-    /// Attributes of `e`, with the size and mtime of a local spool if it has one.
+    /// Attributes of `e`, just read from the port, with the size and mtime of a local spool
+    /// if it has one; an open file takes `e` as its current entry.
     fn overlay(&self, e: Entry) -> Attr {
+        self.shown(e, true)
+    }
+
+    /// Attributes of `e` from a listing read earlier: like `overlay`, but an open file
+    /// keeps its own entry, which may be newer (read at its open).
+    fn listed(&self, e: &Entry) -> Attr {
+        self.shown(e.clone(), false)
+    }
+
+    fn shown(&self, e: Entry, fresh: bool) -> Attr {
         let open = lock(&self.open).get(&e.id).cloned();
         let Some(of) = open else { return self.attr(&e) };
         let mut sh = lock(&of.shadow);
-        let mut a = self.attr(&e);
+        let mut a = self.attr(if fresh { &e } else { &sh.entry });
         if let Some(size) = sh.spool_size {
             a.size = size;
         }
@@ -389,7 +400,9 @@ impl Fs {
             a.mtime = ms_to_time(m);
             a.ctime = a.ctime.max(a.mtime);
         }
-        sh.entry = e;
+        if fresh {
+            sh.entry = e;
+        }
         a
     }
 
@@ -407,7 +420,7 @@ impl Fs {
         let name = name_of(name, false)?;
         let dir = self.id_of(parent)?;
         let e = match self.dirs.lookup(dir, name) {
-            Cached::Found(e, left) => return Ok((self.overlay(e), left)),
+            Cached::Found(e, left) => return Ok((self.listed(&e), left)),
             // Not trusted: a name created elsewhere must show at once (close-to-open), as it
             // does through the kernel, which caches no negative entries from this mount.
             Cached::Absent => self.port.lookup(dir, name).await?,
@@ -732,7 +745,7 @@ impl Fs {
                     },
                 ),
                 _ => match listing.items.get(pos - 2) {
-                    Some(e) => (e.name.as_str(), e.id, self.overlay(e.clone())),
+                    Some(e) => (e.name.as_str(), e.id, self.listed(e)),
                     None => break,
                 },
             };

@@ -261,6 +261,51 @@ async fn lookups_in_a_busy_directory_come_from_one_listing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_file_keeps_what_its_open_saw_over_an_older_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = Arc::new(MemoryTree::new(0, 0));
+    let mut cfg = MountConfig::new(dir.path().join("spool"));
+    cfg.entry_ttl = std::time::Duration::from_secs(3600);
+    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    let mut inos = Vec::new();
+    for name in ["f", "g", "h", "i"] {
+        inos.push(write_file(&fs, name, b"A").await);
+    }
+    // Lookups that find names at the port: the directory gets listed (with "f" = "A").
+    for name in ["f", "g", "h", "i"] {
+        fs.lookup(ROOT_INO, OsStr::new(name)).await.unwrap();
+    }
+    let lists = tree.list_calls();
+    assert!(lists > 0, "the directory was listed");
+    // Someone else replaces "f"; the listing still says "A".
+    let src = dir.path().join("new");
+    std::fs::write(&src, b"BB").unwrap();
+    let f = tree.lookup(crate::memory::MEMORY_ROOT_ID, "f").await.unwrap();
+    let sha1 = crate::journal::sha1_bytes(b"BB");
+    let put = crate::port::PutFile {
+        target: crate::port::PutTarget::Replace { id: f.id },
+        source: &src,
+        size: 2,
+        sha1: &sha1,
+        mtime_ms: 1,
+    };
+    tree.put_file(put).await.unwrap();
+    // The open asks the port: "BB". A lookup answered by the older listing must not take
+    // the open file back to "A".
+    let o = fs.open(inos[0], libc::O_RDONLY).await.unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap().size, 2);
+    assert_eq!(tree.list_calls(), lists, "answered by the listing");
+    assert_eq!(fs.read(o.fh, 0, 100).await.unwrap(), b"BB".as_slice());
+    let fh = fs.opendir(ROOT_INO).await.unwrap();
+    let items = fs.readdir(fh, 0, 10).await.unwrap();
+    let listed = items.iter().find(|it| it.name == "f").unwrap();
+    assert_eq!(listed.attr.size, 2, "readdirplus too");
+    fs.releasedir(fh);
+    assert_eq!(fs.read(o.fh, 0, 100).await.unwrap(), b"BB".as_slice());
+    fs.release(o.fh).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_listing_ttl_every_lookup_asks_the_port() {
     let dir = tempfile::tempdir().unwrap();
     let tree = Arc::new(MemoryTree::new(0, 0));
