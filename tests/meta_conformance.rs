@@ -578,6 +578,52 @@ async fn resolution_sees_other_writers(backend: Backend) {
     db.cleanup().await;
 }
 
+/// A write transaction that finds another process's write transaction in progress (a
+/// `filestore mount` or a command-line tool on the same database) waits for it and then
+/// commits: on SQLite the store's writer connection never waits on the Tokio worker, so it
+/// goes to wait elsewhere, and must not fail with SQLITE_BUSY instead.
+async fn waits_for_another_writer(backend: Backend) {
+    use sqlx::Connection as _;
+    let Some((meta, db)) = store(backend).await else { return };
+    let u = meta.create_user("waiter", "hash", false).await.unwrap();
+    let root = meta.root(u.id).await.unwrap();
+
+    let mut other = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    let begin = match backend {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::MySql => "BEGIN",
+    };
+    sqlx::raw_sql(begin).execute(&mut other).await.unwrap();
+    // On MariaDB this takes the root directory's row lock, which the mkdir's directory
+    // touch needs; on SQLite the transaction holds the database's write lock.
+    sqlx::query("UPDATE entries SET mtime = 7 WHERE id = ?")
+        .bind(root.id)
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let mkdir = meta.mkdir(u.id, root.id, "after", 0o755);
+    tokio::pin!(mkdir);
+    // One poll: the lock is held, so the mkdir cannot have finished (it would have, with
+    // an error, if it gave up at once).
+    tokio::select! {
+        biased;
+        done = &mut mkdir => panic!("a write finished while another held the lock: {done:?}"),
+        _ = std::future::ready(()) => {}
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    let dir = mkdir.await.expect("the write commits once the other transaction has");
+    let root_after = meta.root(u.id).await.unwrap();
+    assert_eq!(
+        root_after.mtime, dir.ctime,
+        "the mkdir touched its parent after the other commit"
+    );
+    assert_ne!(root_after.mtime, 7);
+    other.close().await.unwrap();
+    meta.close().await;
+    db.cleanup().await;
+}
+
 both_backends! {
     resolution_sees_other_writers_at_once => resolution_sees_other_writers;
     paths_resolve_in_one_query => path_resolution;
@@ -588,4 +634,5 @@ both_backends! {
     owners_are_isolated => isolation;
     content => content_lifecycle;
     dedup_under_concurrency => concurrent_dedup;
+    a_write_waits_for_another_writer => waits_for_another_writer;
 }

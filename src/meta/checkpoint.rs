@@ -62,7 +62,7 @@ impl Pending {
 /// What [`MetaStore::write_gate`] returns: on SQLite the lock that serialises writers,
 /// and on release, one more write transaction counted for the checkpoint task.
 pub(super) struct WriteGate<'a> {
-    pub(super) _lock: Option<MutexGuard<'a, ()>>,
+    pub(super) lock: Option<MutexGuard<'a, super::tx::Writer>>,
     pub(super) pending: Option<&'a Pending>,
 }
 

@@ -62,7 +62,7 @@ impl DirectError {
 
 /// A small pool of read-only-by-use connections to one SQLite file.
 pub(super) struct DirectReads {
-    path: PathBuf,
+    pub(super) path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     /// Set when opening failed: every lookup then goes to sqlx without trying again.
     off: AtomicBool,
@@ -163,18 +163,7 @@ impl DirectReads {
     /// `MetaStore::content`: the content row of `sha1`.
     pub(super) fn content(&self, sha1: &str) -> Result<Option<Content>, DirectError> {
         const SQL: &str = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
-        self.one(SQL, [sha1], |row| {
-            Ok(Content {
-                sha1: row.get(0)?,
-                sha256: row.get(1)?,
-                size: row.get(2)?,
-                refcount: row.get(3)?,
-                store: row.get(4)?,
-                object_key: row.get(5)?,
-                zero_since: row.get(6)?,
-                created_at: row.get(7)?,
-            })
-        })
+        self.one(SQL, [sha1], content_row)
     }
 
     /// `MetaStore::user_by_token`: the enabled account holding the unexpired token whose
@@ -208,8 +197,22 @@ impl DirectReads {
     }
 }
 
+/// A content row in `file_cols!` order.
+pub(super) fn content_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Content> {
+    Ok(Content {
+        sha1: row.get(0)?,
+        sha256: row.get(1)?,
+        size: row.get(2)?,
+        refcount: row.get(3)?,
+        store: row.get(4)?,
+        object_key: row.get(5)?,
+        zero_since: row.get(6)?,
+        created_at: row.get(7)?,
+    })
+}
+
 /// An entry row in `entry_cols!` order.
-fn entry_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
+pub(super) fn entry_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
     use rusqlite::types::ValueRef;
     // Names are bound as bytes, so stored as BLOBs; a TEXT name (a row written by hand)
     // reads as its bytes too.

@@ -51,6 +51,18 @@ impl MetaError {
     }
 }
 
+impl MetaError {
+    /// `to` when this is a UNIQUE or PRIMARY KEY violation (from an sqlx transaction or
+    /// the SQLite writer's, tx.rs), otherwise itself.
+    pub(crate) fn unique_as(self, to: MetaError) -> MetaError {
+        if super::tx::is_unique_violation(&self) {
+            to
+        } else {
+            self
+        }
+    }
+}
+
 /// Maps a unique-key violation to `AlreadyExists`, anything else to `Db`.
 pub(crate) fn unique(e: sqlx::Error) -> MetaError {
     match &e {

@@ -19,6 +19,7 @@ mod resolve;
 mod sessions;
 mod store;
 mod tree;
+mod tx;
 mod types;
 
 pub use direct::DirectError;

@@ -1,6 +1,7 @@
 //! The transfer outbox: jobs that move content from the staging disk to object storage.
 
 use super::store::retry_txn;
+use super::tx::{args, Tx};
 use super::{now_ms, MetaError, MetaStore};
 
 /// A transfer job.
@@ -44,22 +45,18 @@ pub enum Moved {
 impl MetaStore {
     /// Queues a transfer of `sha1` unless one is already queued. Runs inside the
     /// transaction that commits the content (see `commit_file`).
-    pub(super) async fn enqueue_transfer(c: &mut super::store::Conn, sha1: &str, now: i64) -> Result<(), MetaError> {
-        let queued: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM transfer_jobs WHERE sha1 = ? AND state IN ('pending', 'published')",
-        )
-        .bind(sha1)
-        .fetch_one(&mut *c)
-        .await?;
-        if queued == 0 {
-            sqlx::query(
-                "INSERT INTO transfer_jobs (sha1, state, attempts, created_at, updated_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?, ?)",
+    pub(super) async fn enqueue_transfer(c: &mut Tx<'_>, sha1: &str, now: i64) -> Result<(), MetaError> {
+        let queued: Option<i64> = c
+            .opt(
+                "SELECT COUNT(*) FROM transfer_jobs WHERE sha1 = ? AND state IN ('pending', 'published')",
+                args![sha1],
             )
-            .bind(sha1)
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *c)
+            .await?;
+        if queued.unwrap_or(0) == 0 {
+            c.exec(
+                "INSERT INTO transfer_jobs (sha1, state, attempts, created_at, updated_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?, ?)",
+                args![sha1, now, now, now],
+            )
             .await?;
         }
         Ok(())

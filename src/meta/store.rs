@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use super::checkpoint::{Pending, WriteGate, BACKSTOP_PAGES};
 use super::direct::DirectReads;
 use super::error::unique;
+use super::tx::{Tx, Writer};
 use super::types::{EntryKind, UserRow};
 use super::{now_ms, Content, MetaError, RemoveFn, User};
 
@@ -67,8 +68,9 @@ pub struct MetaStore {
     pub(super) pool: AnyPool,
     pub(super) dialect: Dialect,
     /// SQLite has one writer at a time: write transactions queue here instead of failing
-    /// with SQLITE_BUSY when a deferred transaction upgrades to a write.
-    gate: Option<Arc<Mutex<()>>>,
+    /// with SQLITE_BUSY when a deferred transaction upgrades to a write. The gate holds the
+    /// connection they run on (tx.rs).
+    gate: Option<Arc<Mutex<Writer>>>,
     /// SQLite: write transactions counted for the background checkpoints (checkpoint.rs).
     pub(super) pending: Option<Arc<Pending>>,
     /// Whether new content gets a transfer job (object storage is configured).
@@ -110,6 +112,17 @@ impl MetaStore {
             .await
             .map_err(|e| MetaError::Db(sqlx::Error::Io(std::io::Error::other(e.to_string()))))?
             .map_err(MetaError::from)
+    }
+
+    /// Begins a write transaction holding `gate`: on SQLite on the gate's own connection,
+    /// on this thread (tx.rs); on MySQL on the pool.
+    pub(super) async fn begin_write<'g>(&self, gate: &'g mut WriteGate<'_>) -> Result<Tx<'g>, MetaError> {
+        if let Some(writer) = gate.lock.as_deref_mut() {
+            if let Some(tx) = Tx::begin_direct(writer).await? {
+                return Ok(tx);
+            }
+        }
+        Ok(Tx::pool(self.begin().await?))
     }
 
     /// Connects (creating the database if it does not exist) and applies the migrations.
@@ -163,13 +176,14 @@ impl MetaStore {
             })
             .connect_with(options)
             .await?;
-        let gate = (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let pending = (dialect == Dialect::Sqlite).then(|| Arc::new(Pending::default()));
         let direct = if dialect == Dialect::Sqlite {
             DirectReads::for_url(url).map(Arc::new)
         } else {
             None
         };
+        let gate = (dialect == Dialect::Sqlite)
+            .then(|| Arc::new(Mutex::new(Writer::new(direct.as_ref().map(|d| d.path.clone())))));
+        let pending = (dialect == Dialect::Sqlite).then(|| Arc::new(Pending::default()));
         Ok(MetaStore {
             pool,
             dialect,
@@ -212,7 +226,7 @@ impl MetaStore {
 
     pub(super) async fn write_gate(&self) -> WriteGate<'_> {
         WriteGate {
-            _lock: match &self.gate {
+            lock: match &self.gate {
                 Some(m) => Some(m.lock().await),
                 None => None,
             },
@@ -527,6 +541,3 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_string(),
     }
 }
-
-/// The connection type transactions hand to the helpers in tree.rs.
-pub(super) type Conn = AnyConnection;

@@ -3,8 +3,8 @@
 //! Every query names the owner, so one user's ids are meaningless to another: an id that
 //! belongs to someone else is simply `NotFound`.
 
-use super::error::unique;
-use super::store::{entry_cols, file_cols, last_id, retry_txn, Conn};
+use super::store::{entry_cols, file_cols, retry_txn};
+use super::tx::{args, Arg, Tx};
 use super::types::EntryRow;
 use super::{
     now_ms, CommitFile, Conflict, Content, DeleteStats, Dialect, Entry, EntryKind, MetaError, MetaStore, NewContent,
@@ -30,8 +30,13 @@ impl MetaStore {
         if let Some(found) = self.direct_read(|d| d.entry(owner, id)) {
             return found;
         }
-        let mut c = self.pool.acquire().await?;
-        get(&mut c, owner, id).await
+        let sql = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
+        let row: Option<EntryRow> = sqlx::query_as(sql)
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Entry::from))
     }
 
     pub async fn lookup(&self, owner: i64, parent: i64, name: &str) -> Result<Option<Entry>, MetaError> {
@@ -122,9 +127,9 @@ impl MetaStore {
     }
 
     async fn try_mkdir(&self, owner: i64, parent: i64, name: &str, mode: i64) -> Result<Entry, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(&mut g).await?;
         dir(&mut tx, owner, parent).await?;
         let id = insert(&mut tx, owner, parent, name, EntryKind::Dir, None, 0, mode, now, now).await?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
@@ -145,11 +150,11 @@ impl MetaStore {
     }
 
     async fn try_commit_file(&self, req: &CommitFile, place: &PlaceFn<'_>) -> Result<Entry, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
         let mtime = req.mtime.unwrap_or(now);
         let c = &req.content;
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(&mut g).await?;
         // The upsert is the first statement so that it takes the content row's lock before
         // anything is read: a garbage collection of the same content cannot interleave.
         let content = upsert_content(&mut tx, self.dialect, c, now).await?;
@@ -197,14 +202,11 @@ impl MetaStore {
                 if old.is_dir() {
                     return Err(MetaError::IsADirectory);
                 }
-                sqlx::query("UPDATE entries SET sha1 = ?, size = ?, mtime = ?, ctime = ? WHERE id = ?")
-                    .bind(&c.sha1)
-                    .bind(c.size)
-                    .bind(mtime)
-                    .bind(now)
-                    .bind(old.id)
-                    .execute(&mut *tx)
-                    .await?;
+                tx.exec(
+                    "UPDATE entries SET sha1 = ?, size = ?, mtime = ?, ctime = ? WHERE id = ?",
+                    args![&c.sha1, c.size, mtime, now, old.id],
+                )
+                .await?;
                 if let Some(old_sha1) = &old.sha1 {
                     decref(&mut tx, old_sha1, 1, now).await?;
                 }
@@ -276,16 +278,15 @@ impl MetaStore {
         new_name: &str,
         overwrite: Overwrite,
     ) -> Result<Entry, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(&mut g).await?;
         // Lock the source row first (an UPDATE that changes nothing but ctime).
-        sqlx::query("UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL")
-            .bind(now)
-            .bind(id)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
+        tx.exec(
+            "UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL",
+            args![now, id, owner],
+        )
+        .await?;
         let src = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
         if src.parent.is_none() {
             return Err(MetaError::Root);
@@ -301,13 +302,12 @@ impl MetaStore {
             }
             clear_destination(&mut tx, owner, &src, &dst, overwrite, now).await?;
         }
-        sqlx::query("UPDATE entries SET parent = ?, name = ? WHERE id = ?")
-            .bind(new_parent)
-            .bind(new_name.as_bytes().to_vec())
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unique)?;
+        tx.exec(
+            "UPDATE entries SET parent = ?, name = ? WHERE id = ?",
+            args![new_parent, new_name.as_bytes(), id],
+        )
+        .await
+        .map_err(|e| e.unique_as(MetaError::AlreadyExists))?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
         if let Some(old_parent) = src.parent {
             touch_dirs(&mut tx, owner, &[old_parent, new_parent], now).await?;
@@ -337,18 +337,18 @@ impl MetaStore {
         new_name: &str,
         overwrite: Overwrite,
     ) -> Result<Entry, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(&mut g).await?;
         // Lock the destination directory first so concurrent copies into it serialise.
-        let res = sqlx::query("UPDATE entries SET mtime = mtime WHERE id = ? AND owner = ? AND kind = ?")
-            .bind(new_parent)
-            .bind(owner)
-            .bind(EntryKind::Dir.code())
-            .execute(&mut *tx)
+        let locked = tx
+            .exec(
+                "UPDATE entries SET mtime = mtime WHERE id = ? AND owner = ? AND kind = ?",
+                args![new_parent, owner, EntryKind::Dir.code()],
+            )
             .await?;
         let src = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
-        if res.rows_affected() == 0 {
+        if locked == 0 {
             dir(&mut tx, owner, new_parent).await?;
         }
         if src.parent.is_none() {
@@ -369,7 +369,7 @@ impl MetaStore {
             let mut queue = vec![(src.id, new_id)];
             while let Some((from, to)) = queue.pop() {
                 let sql = concat!("SELECT ", entry_cols!(), " FROM entries WHERE owner = ? AND parent = ?");
-                let children: Vec<EntryRow> = sqlx::query_as(sql).bind(owner).bind(from).fetch_all(&mut *tx).await?;
+                let children: Vec<EntryRow> = tx.all(sql, args![owner, from]).await?;
                 for child in children.into_iter().map(Entry::from) {
                     let cid = copy_one(&mut tx, &child, to, &child.name, now).await?;
                     if child.is_dir() {
@@ -391,16 +391,15 @@ impl MetaStore {
     }
 
     async fn try_delete(&self, owner: i64, id: i64, recursive: bool) -> Result<DeleteStats, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(&mut g).await?;
         // The update comes first so that it takes the row's lock before anything is read.
-        sqlx::query("UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL")
-            .bind(now)
-            .bind(id)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
+        tx.exec(
+            "UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL",
+            args![now, id, owner],
+        )
+        .await?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
         let stats = remove_entry(&mut tx, &e, recursive, now).await?;
         tx.commit().await?;
@@ -428,16 +427,14 @@ impl MetaStore {
         name: &str,
         kind: Option<EntryKind>,
     ) -> Result<DeleteStats, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
-        sqlx::query("UPDATE entries SET ctime = ? WHERE owner = ? AND parent = ? AND name = ?")
-            .bind(now)
-            .bind(owner)
-            .bind(parent)
-            .bind(name.as_bytes().to_vec())
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.begin_write(&mut g).await?;
+        tx.exec(
+            "UPDATE entries SET ctime = ? WHERE owner = ? AND parent = ? AND name = ?",
+            args![now, owner, parent, name.as_bytes()],
+        )
+        .await?;
         let Some(e) = find(&mut tx, owner, parent, name).await? else {
             // Say why: no such directory, not a directory, or no such name in it.
             return Err(match get(&mut tx, owner, parent).await? {
@@ -463,18 +460,13 @@ impl MetaStore {
         mode: Option<i64>,
         mtime: Option<i64>,
     ) -> Result<Entry, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
-        sqlx::query(
+        let mut tx = self.begin_write(&mut g).await?;
+        tx.exec(
             "UPDATE entries SET mode = COALESCE(?, mode), mtime = COALESCE(?, mtime), ctime = ? WHERE id = ? AND owner = ?",
+            args![mode, mtime, now, id, owner],
         )
-        .bind(mode)
-        .bind(mtime)
-        .bind(now)
-        .bind(id)
-        .bind(owner)
-        .execute(&mut *tx)
         .await?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
         tx.commit().await?;
@@ -489,7 +481,7 @@ impl MetaStore {
 ///
 /// Without a second hash (`sha256: None`) the row must be new: it is a plain insert, and
 /// an existing row is `Unverified` (the caller compares the bytes first).
-async fn upsert_content(c: &mut Conn, dialect: Dialect, n: &NewContent, now: i64) -> Result<Content, MetaError> {
+async fn upsert_content(c: &mut Tx<'_>, dialect: Dialect, n: &NewContent, now: i64) -> Result<Content, MetaError> {
     let sha256 = n.sha256.as_deref().unwrap_or("");
     let on_conflict = match (dialect, n.sha256.is_some()) {
         (_, false) => "",
@@ -505,51 +497,38 @@ async fn upsert_content(c: &mut Conn, dialect: Dialect, n: &NewContent, now: i64
             Dialect::MySql => "",
         }
     );
-    let query = sqlx::query(sqlx::AssertSqlSafe(insert))
-        .bind(&n.sha1)
-        .bind(sha256)
-        .bind(n.size)
-        .bind(now);
-    let refused = |e: sqlx::Error| match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => MetaError::Unverified,
-        _ => MetaError::Db(e),
-    };
-    match dialect {
-        Dialect::Sqlite => {
-            let row = query.fetch_one(&mut *c).await.map_err(refused)?;
-            Ok(sqlx::FromRow::from_row(&row)?)
-        }
+    let values = args![&n.sha1, sha256, n.size, now];
+    let refused = |e: MetaError| e.unique_as(MetaError::Unverified);
+    let row = match dialect {
+        Dialect::Sqlite => c.opt(insert, values).await.map_err(refused)?,
         Dialect::MySql => {
-            query.execute(&mut *c).await.map_err(refused)?;
+            c.exec(insert, values).await.map_err(refused)?;
             let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
-            Ok(sqlx::query_as(sql).bind(&n.sha1).fetch_one(&mut *c).await?)
+            c.opt(sql, args![&n.sha1]).await?
         }
-    }
+    };
+    // The row was just written in this transaction.
+    row.ok_or(MetaError::NotFound)
 }
 
-async fn get(c: &mut Conn, owner: i64, id: i64) -> Result<Option<Entry>, MetaError> {
+async fn get(c: &mut Tx<'_>, owner: i64, id: i64) -> Result<Option<Entry>, MetaError> {
     let sql = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
-    let row: Option<EntryRow> = sqlx::query_as(sql).bind(id).bind(owner).fetch_optional(&mut *c).await?;
+    let row: Option<EntryRow> = c.opt(sql, args![id, owner]).await?;
     Ok(row.map(Entry::from))
 }
 
-async fn find(c: &mut Conn, owner: i64, parent: i64, name: &str) -> Result<Option<Entry>, MetaError> {
+async fn find(c: &mut Tx<'_>, owner: i64, parent: i64, name: &str) -> Result<Option<Entry>, MetaError> {
     let sql = concat!(
         "SELECT ",
         entry_cols!(),
         " FROM entries WHERE owner = ? AND parent = ? AND name = ?"
     );
-    let row: Option<EntryRow> = sqlx::query_as(sql)
-        .bind(owner)
-        .bind(parent)
-        .bind(name.as_bytes().to_vec())
-        .fetch_optional(&mut *c)
-        .await?;
+    let row: Option<EntryRow> = c.opt(sql, args![owner, parent, name.as_bytes()]).await?;
     Ok(row.map(Entry::from))
 }
 
 /// The entry `id` if it is one of the owner's directories.
-async fn dir(c: &mut Conn, owner: i64, id: i64) -> Result<Entry, MetaError> {
+async fn dir(c: &mut Tx<'_>, owner: i64, id: i64) -> Result<Entry, MetaError> {
     let e = get(c, owner, id).await?.ok_or(MetaError::NotFound)?;
     if !e.is_dir() {
         return Err(MetaError::NotADirectory);
@@ -560,26 +539,23 @@ async fn dir(c: &mut Conn, owner: i64, id: i64) -> Result<Entry, MetaError> {
 /// Directories whose entries changed (one added, removed or renamed): their mtime and
 /// ctime become `now`, as POSIX says. Last in a transaction, and in id order, so that
 /// the directory rows stay locked briefly and always in the same order.
-async fn touch_dirs(c: &mut Conn, owner: i64, dirs: &[i64], now: i64) -> Result<(), MetaError> {
+async fn touch_dirs(c: &mut Tx<'_>, owner: i64, dirs: &[i64], now: i64) -> Result<(), MetaError> {
     let mut ids = dirs.to_vec();
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
-        sqlx::query("UPDATE entries SET mtime = ?, ctime = ? WHERE id = ? AND owner = ? AND kind = ?")
-            .bind(now)
-            .bind(now)
-            .bind(id)
-            .bind(owner)
-            .bind(EntryKind::Dir.code())
-            .execute(&mut *c)
-            .await?;
+        c.exec(
+            "UPDATE entries SET mtime = ?, ctime = ? WHERE id = ? AND owner = ? AND kind = ?",
+            args![now, now, id, owner, EntryKind::Dir.code()],
+        )
+        .await?;
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn insert(
-    c: &mut Conn,
+    c: &mut Tx<'_>,
     owner: i64,
     parent: i64,
     name: &str,
@@ -590,32 +566,22 @@ async fn insert(
     now: i64,
     mtime: i64,
 ) -> Result<i64, MetaError> {
-    let res = sqlx::query(
+    c.insert(
         "INSERT INTO entries (owner, parent, name, kind, sha1, size, mode, mtime, ctime, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        args![owner, parent, name.as_bytes(), kind.code(), sha1, size, mode, mtime, now, now],
     )
-    .bind(owner)
-    .bind(parent)
-    .bind(name.as_bytes().to_vec())
-    .bind(kind.code())
-    .bind(sha1)
-    .bind(size)
-    .bind(mode)
-    .bind(mtime)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *c)
     .await
-    .map_err(unique)?;
-    last_id(c, &res).await
+    .map_err(|e| e.unique_as(MetaError::AlreadyExists))
 }
 
 /// A new entry like `src` under `parent`/`name`, sharing its content.
-async fn copy_one(c: &mut Conn, src: &Entry, parent: i64, name: &str, now: i64) -> Result<i64, MetaError> {
+async fn copy_one(c: &mut Tx<'_>, src: &Entry, parent: i64, name: &str, now: i64) -> Result<i64, MetaError> {
     if let Some(sha1) = &src.sha1 {
-        sqlx::query("UPDATE files SET refcount = refcount + 1, zero_since = NULL WHERE sha1 = ?")
-            .bind(sha1)
-            .execute(&mut *c)
-            .await?;
+        c.exec(
+            "UPDATE files SET refcount = refcount + 1, zero_since = NULL WHERE sha1 = ?",
+            args![sha1],
+        )
+        .await?;
     }
     let id = insert(
         c,
@@ -631,56 +597,49 @@ async fn copy_one(c: &mut Conn, src: &Entry, parent: i64, name: &str, now: i64) 
     )
     .await?;
     // A copy carries the dead properties of its source (RFC 4918 section 9.8.2).
-    sqlx::query(
+    c.exec(
         "INSERT INTO dead_props (entry_id, ns, name, xml) SELECT ?, ns, name, xml FROM dead_props WHERE entry_id = ?",
+        args![id, src.id],
     )
-    .bind(id)
-    .bind(src.id)
-    .execute(&mut *c)
     .await?;
     Ok(id)
 }
 
 /// Lowers a content's reference count by `by`; returns whether it reached zero.
-async fn decref(c: &mut Conn, sha1: &str, by: i64, now: i64) -> Result<bool, MetaError> {
+async fn decref(c: &mut Tx<'_>, sha1: &str, by: i64, now: i64) -> Result<bool, MetaError> {
     // zero_since is assigned before refcount: MySQL evaluates SET clauses left to right with
     // the new values, SQLite with the old ones; this order reads the old count in both.
-    sqlx::query(
+    c.exec(
         "UPDATE files SET zero_since = CASE WHEN refcount <= ? THEN ? ELSE zero_since END, refcount = refcount - ? WHERE sha1 = ?",
+        args![by, now, by, sha1],
     )
-    .bind(by)
-    .bind(now)
-    .bind(by)
-    .bind(sha1)
-    .execute(&mut *c)
     .await?;
-    let left: Option<i64> = sqlx::query_scalar("SELECT refcount FROM files WHERE sha1 = ?")
-        .bind(sha1)
-        .fetch_optional(&mut *c)
-        .await?;
+    let left: Option<i64> = c.opt("SELECT refcount FROM files WHERE sha1 = ?", args![sha1]).await?;
     Ok(left.unwrap_or(0) <= 0)
 }
 
-async fn has_children(c: &mut Conn, owner: i64, id: i64) -> Result<bool, MetaError> {
-    let n: Option<i64> = sqlx::query_scalar("SELECT id FROM entries WHERE owner = ? AND parent = ? LIMIT 1")
-        .bind(owner)
-        .bind(id)
-        .fetch_optional(&mut *c)
+async fn has_children(c: &mut Tx<'_>, owner: i64, id: i64) -> Result<bool, MetaError> {
+    let n: Option<i64> = c
+        .opt(
+            "SELECT id FROM entries WHERE owner = ? AND parent = ? LIMIT 1",
+            args![owner, id],
+        )
         .await?;
     Ok(n.is_some())
 }
 
 /// Whether `candidate` is `ancestor` or lies below it.
-async fn is_within(c: &mut Conn, owner: i64, candidate: i64, ancestor: i64) -> Result<bool, MetaError> {
+async fn is_within(c: &mut Tx<'_>, owner: i64, candidate: i64, ancestor: i64) -> Result<bool, MetaError> {
     let mut cur = Some(candidate);
     while let Some(id) = cur {
         if id == ancestor {
             return Ok(true);
         }
-        cur = sqlx::query_scalar::<_, Option<i64>>("SELECT parent FROM entries WHERE id = ? AND owner = ?")
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&mut *c)
+        cur = c
+            .opt::<Option<i64>>(
+                "SELECT parent FROM entries WHERE id = ? AND owner = ?",
+                args![id, owner],
+            )
             .await?
             .flatten();
     }
@@ -689,7 +648,7 @@ async fn is_within(c: &mut Conn, owner: i64, candidate: i64, ancestor: i64) -> R
 
 /// Makes room for `src` at `dst`'s name according to the overwrite rule.
 async fn clear_destination(
-    c: &mut Conn,
+    c: &mut Tx<'_>,
     owner: i64,
     src: &Entry,
     dst: &Entry,
@@ -713,7 +672,7 @@ async fn clear_destination(
 /// Deletes an entry and everything below it, releasing their contents.
 /// Deletes `e` (read in this transaction), its subtree if `recursive`, and touches its
 /// parent. A non-empty directory without `recursive` is `NotEmpty`; the root is `Root`.
-async fn remove_entry(c: &mut Conn, e: &Entry, recursive: bool, now: i64) -> Result<DeleteStats, MetaError> {
+async fn remove_entry(c: &mut Tx<'_>, e: &Entry, recursive: bool, now: i64) -> Result<DeleteStats, MetaError> {
     let Some(parent) = e.parent else {
         return Err(MetaError::Root);
     };
@@ -730,25 +689,20 @@ async fn remove_entry(c: &mut Conn, e: &Entry, recursive: bool, now: i64) -> Res
     Ok(stats)
 }
 
-async fn remove_subtree(c: &mut Conn, owner: i64, id: i64, now: i64) -> Result<DeleteStats, MetaError> {
+async fn remove_subtree(c: &mut Tx<'_>, owner: i64, id: i64, now: i64) -> Result<DeleteStats, MetaError> {
     let sql = "WITH RECURSIVE sub(id) AS ( \
                  SELECT id FROM entries WHERE id = ? AND owner = ? \
                  UNION ALL \
                  SELECT e.id FROM entries e JOIN sub ON e.owner = ? AND e.parent = sub.id \
                ) SELECT e.id, e.sha1 FROM entries e JOIN sub ON e.id = sub.id";
-    let rows: Vec<(i64, Option<String>)> = sqlx::query_as(sql)
-        .bind(id)
-        .bind(owner)
-        .bind(owner)
-        .fetch_all(&mut *c)
-        .await?;
+    let rows: Vec<(i64, Option<String>)> = c.all(sql, args![id, owner, owner]).await?;
     remove_rows(c, owner, &rows, now).await
 }
 
 /// Deletes the entries `rows` (id, content) with their dead properties and drops their
 /// references on contents.
 async fn remove_rows(
-    c: &mut Conn,
+    c: &mut Tx<'_>,
     owner: i64,
     rows: &[(i64, Option<String>)],
     now: i64,
@@ -766,21 +720,17 @@ async fn remove_rows(
             placeholders(chunk.len())
         );
         // Only `?` placeholders are interpolated; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *c).await?;
+        let ids: Vec<Arg<'_>> = chunk.iter().map(|id| Arg::Int(*id)).collect();
+        c.exec(sql, &ids).await?;
         let sql = format!(
             "DELETE FROM entries WHERE owner = ? AND id IN ({})",
             placeholders(chunk.len())
         );
         // Only `?` placeholders are interpolated; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *c).await?;
+        let owner_and_ids: Vec<Arg<'_>> = std::iter::once(Arg::Int(owner))
+            .chain(chunk.iter().map(|id| Arg::Int(*id)))
+            .collect();
+        c.exec(sql, &owner_and_ids).await?;
     }
     let mut released = 0;
     for (sha1, n) in per_content {
@@ -795,7 +745,7 @@ async fn remove_rows(
 }
 
 /// `name (1).ext`, `name (2).ext`, ...: the first name not taken in `parent`.
-async fn free_name(c: &mut Conn, owner: i64, parent: i64, name: &str) -> Result<String, MetaError> {
+async fn free_name(c: &mut Tx<'_>, owner: i64, parent: i64, name: &str) -> Result<String, MetaError> {
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
