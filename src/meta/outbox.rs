@@ -126,27 +126,21 @@ impl MetaStore {
         retry_in_ms: i64,
         max_attempts: i64,
     ) -> Result<String, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(&mut g).await?;
         let error: String = error.chars().take(1000).collect();
-        sqlx::query(
+        tx.exec(
             // state before attempts: MySQL evaluates SET clauses left to right with the new
             // values, SQLite with the old ones; this order reads the old count in both.
             "UPDATE transfer_jobs SET state = CASE WHEN attempts + 1 >= ? THEN 'dead' ELSE 'pending' END, \
              attempts = attempts + 1, last_error = ?, updated_at = ?, next_attempt_at = ? \
              WHERE id = ? AND state IN ('pending', 'published')",
+            args![max_attempts, &error, now, now + retry_in_ms, id],
         )
-        .bind(max_attempts)
-        .bind(&error)
-        .bind(now)
-        .bind(now + retry_in_ms)
-        .bind(id)
-        .execute(&mut *tx)
         .await?;
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM transfer_jobs WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
+        let state: Option<String> = tx
+            .opt("SELECT state FROM transfer_jobs WHERE id = ?", args![id])
             .await?;
         tx.commit().await?;
         Ok(state.unwrap_or_default())
@@ -169,32 +163,30 @@ impl MetaStore {
     }
 
     async fn try_content_moved(&self, job: i64, sha1: &str, key: &str) -> Result<Moved, MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
-        let res = sqlx::query("UPDATE files SET store = 's3', object_key = ? WHERE sha1 = ? AND store = 'local'")
-            .bind(key)
-            .bind(sha1)
-            .execute(&mut *tx)
+        let mut tx = self.begin_write(&mut g).await?;
+        let pointed = tx
+            .exec(
+                "UPDATE files SET store = 's3', object_key = ? WHERE sha1 = ? AND store = 'local'",
+                args![key, sha1],
+            )
             .await?;
-        let outcome = if res.rows_affected() == 1 {
+        let outcome = if pointed == 1 {
             Moved::Moved
         } else {
-            let store: Option<String> = sqlx::query_scalar("SELECT store FROM files WHERE sha1 = ?")
-                .bind(sha1)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let store: Option<String> = tx.opt("SELECT store FROM files WHERE sha1 = ?", args![sha1]).await?;
             if store.as_deref() == Some("s3") {
                 Moved::Already
             } else {
                 Moved::Gone
             }
         };
-        sqlx::query("UPDATE transfer_jobs SET state = 'done', updated_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(job)
-            .execute(&mut *tx)
-            .await?;
+        tx.exec(
+            "UPDATE transfer_jobs SET state = 'done', updated_at = ? WHERE id = ?",
+            args![now, job],
+        )
+        .await?;
         tx.commit().await?;
         Ok(outcome)
     }

@@ -1,6 +1,7 @@
 //! WebDAV dead properties of entries.
 
 use super::store::retry_txn;
+use super::tx::args;
 use super::{Dialect, MetaError, MetaStore};
 
 /// One property: namespace (empty for none), local name, XML value.
@@ -64,15 +65,16 @@ impl MetaStore {
     }
 
     async fn try_patch_props(&self, owner: i64, id: i64, changes: &[PropChange]) -> Result<(), MetaError> {
-        let _g = self.write_gate().await;
-        let mut tx = self.begin().await?;
+        let mut g = self.write_gate().await;
+        let mut tx = self.begin_write(&mut g).await?;
         // Lock the entry (and check it is the owner's) before touching its properties.
-        let res = sqlx::query("UPDATE entries SET ctime = ctime WHERE id = ? AND owner = ?")
-            .bind(id)
-            .bind(owner)
-            .execute(&mut *tx)
+        let locked = tx
+            .exec(
+                "UPDATE entries SET ctime = ctime WHERE id = ? AND owner = ?",
+                args![id, owner],
+            )
             .await?;
-        if res.rows_affected() == 0 {
+        if locked == 0 {
             return Err(MetaError::NotFound);
         }
         let upsert = match self.dialect {
@@ -88,29 +90,21 @@ impl MetaStore {
         for (ns, name, value) in changes {
             match value {
                 Some(xml) => {
-                    sqlx::query(upsert)
-                        .bind(id)
-                        .bind(ns)
-                        .bind(name)
-                        .bind(xml)
-                        .execute(&mut *tx)
-                        .await?;
+                    tx.exec(upsert, args![id, ns, name, xml]).await?;
                 }
                 None => {
-                    sqlx::query("DELETE FROM dead_props WHERE entry_id = ? AND ns = ? AND name = ?")
-                        .bind(id)
-                        .bind(ns)
-                        .bind(name)
-                        .execute(&mut *tx)
-                        .await?;
+                    tx.exec(
+                        "DELETE FROM dead_props WHERE entry_id = ? AND ns = ? AND name = ?",
+                        args![id, ns, name],
+                    )
+                    .await?;
                 }
             }
         }
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_props WHERE entry_id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
+        let n: Option<i64> = tx
+            .opt("SELECT COUNT(*) FROM dead_props WHERE entry_id = ?", args![id])
             .await?;
-        if n > MAX_PROPS {
+        if n.unwrap_or(0) > MAX_PROPS {
             return Err(MetaError::TooManyProps);
         }
         tx.commit().await?;

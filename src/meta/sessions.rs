@@ -1,5 +1,6 @@
 //! Upload sessions of the embedded default, in the metadata database.
 
+use super::tx::args;
 use super::{Dialect, MetaError, MetaStore};
 use crate::sessions::UploadSession;
 
@@ -40,24 +41,28 @@ macro_rules! session_cols {
 
 impl MetaStore {
     pub async fn session_create(&self, s: &UploadSession) -> Result<(), MetaError> {
-        let _g = self.write_gate().await;
-        sqlx::query(concat!(
-            "INSERT INTO upload_sessions (",
-            session_cols!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&s.id)
-        .bind(s.owner)
-        .bind(&s.sha1)
-        .bind(s.size)
-        .bind(s.chunk_size)
-        .bind(s.chunk_count)
-        .bind(&s.target)
-        .bind(s.created_at)
-        .bind(s.expires_at)
-        .execute(&self.pool)
+        let mut g = self.write_gate().await;
+        let mut tx = self.begin_write(&mut g).await?;
+        tx.exec(
+            concat!(
+                "INSERT INTO upload_sessions (",
+                session_cols!(),
+                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            args![
+                &s.id,
+                s.owner,
+                &s.sha1,
+                s.size,
+                s.chunk_size,
+                s.chunk_count,
+                &s.target,
+                s.created_at,
+                s.expires_at
+            ],
+        )
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     pub async fn session_get(&self, id: &str, now: i64) -> Result<Option<UploadSession>, MetaError> {
@@ -96,22 +101,22 @@ impl MetaStore {
 
     /// Records a part and extends the session, unless it is gone or expired.
     pub async fn session_record_part(&self, id: &str, idx: i64, now: i64, ttl_ms: i64) -> Result<bool, MetaError> {
-        let _g = self.write_gate().await;
-        let mut tx = self.begin().await?;
-        let res = sqlx::query("UPDATE upload_sessions SET expires_at = ? WHERE id = ? AND expires_at > ?")
-            .bind(now + ttl_ms)
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
+        let mut g = self.write_gate().await;
+        let mut tx = self.begin_write(&mut g).await?;
+        let extended = tx
+            .exec(
+                "UPDATE upload_sessions SET expires_at = ? WHERE id = ? AND expires_at > ?",
+                args![now + ttl_ms, id, now],
+            )
             .await?;
-        if res.rows_affected() == 0 {
+        if extended == 0 {
             return Ok(false);
         }
         let sql = match self.dialect {
             Dialect::Sqlite => "INSERT INTO upload_parts (session_id, idx) VALUES (?, ?) ON CONFLICT DO NOTHING",
             Dialect::MySql => "INSERT IGNORE INTO upload_parts (session_id, idx) VALUES (?, ?)",
         };
-        sqlx::query(sql).bind(id).bind(idx).execute(&mut *tx).await?;
+        tx.exec(sql, args![id, idx]).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -126,18 +131,12 @@ impl MetaStore {
     }
 
     pub async fn session_delete(&self, id: &str) -> Result<(), MetaError> {
-        let _g = self.write_gate().await;
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM upload_parts WHERE session_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
+        let mut g = self.write_gate().await;
+        let mut tx = self.begin_write(&mut g).await?;
+        tx.exec("DELETE FROM upload_parts WHERE session_id = ?", args![id])
             .await?;
-        sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        tx.exec("DELETE FROM upload_sessions WHERE id = ?", args![id]).await?;
+        tx.commit().await
     }
 
     pub async fn session_count(&self, now: i64) -> Result<u64, MetaError> {
@@ -150,19 +149,17 @@ impl MetaStore {
 
     /// Deletes expired sessions; returns how many.
     pub async fn session_purge_expired(&self, now: i64) -> Result<u64, MetaError> {
-        let _g = self.write_gate().await;
-        let mut tx = self.begin().await?;
-        sqlx::query(
+        let mut g = self.write_gate().await;
+        let mut tx = self.begin_write(&mut g).await?;
+        tx.exec(
             "DELETE FROM upload_parts WHERE session_id IN (SELECT id FROM upload_sessions WHERE expires_at <= ?)",
+            args![now],
         )
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
-        let res = sqlx::query("DELETE FROM upload_sessions WHERE expires_at <= ?")
-            .bind(now)
-            .execute(&mut *tx)
+        let purged = tx
+            .exec("DELETE FROM upload_sessions WHERE expires_at <= ?", args![now])
             .await?;
         tx.commit().await?;
-        Ok(res.rows_affected())
+        Ok(purged)
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use super::checkpoint::{Pending, WriteGate, BACKSTOP_PAGES};
 use super::direct::DirectReads;
 use super::error::unique;
-use super::tx::{Tx, Writer};
+use super::tx::{args, Tx, Writer};
 use super::types::{EntryKind, UserRow};
 use super::{now_ms, Content, MetaError, RemoveFn, User};
 
@@ -334,23 +334,17 @@ impl MetaStore {
 
     /// Stores the hash of a new bearer token and records the sign-in as activity.
     pub async fn insert_token(&self, token_hash: &str, user_id: i64, expires_at: i64) -> Result<(), MetaError> {
-        let _g = self.write_gate().await;
+        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO tokens (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
-            .bind(token_hash)
-            .bind(user_id)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&mut *tx)
+        let mut tx = self.begin_write(&mut g).await?;
+        tx.exec(
+            "INSERT INTO tokens (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+            args![token_hash, user_id, now, expires_at],
+        )
+        .await?;
+        tx.exec("UPDATE users SET last_active = ? WHERE id = ?", args![now, user_id])
             .await?;
-        sqlx::query("UPDATE users SET last_active = ? WHERE id = ?")
-            .bind(now)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// The enabled user a live token belongs to.
@@ -427,16 +421,15 @@ impl MetaStore {
     /// Records the second hash of stored content, computed from its bytes, unless one is
     /// recorded already. Returns the hash the row holds afterwards.
     pub async fn set_sha256(&self, sha1: &str, sha256: &str) -> Result<String, MetaError> {
-        let _g = self.write_gate().await;
-        sqlx::query("UPDATE files SET sha256 = ? WHERE sha1 = ? AND sha256 = ''")
-            .bind(sha256)
-            .bind(sha1)
-            .execute(&self.pool)
-            .await?;
-        let stored: Option<String> = sqlx::query_scalar("SELECT sha256 FROM files WHERE sha1 = ?")
-            .bind(sha1)
-            .fetch_optional(&self.pool)
-            .await?;
+        let mut g = self.write_gate().await;
+        let mut tx = self.begin_write(&mut g).await?;
+        tx.exec(
+            "UPDATE files SET sha256 = ? WHERE sha1 = ? AND sha256 = ''",
+            args![sha256, sha1],
+        )
+        .await?;
+        let stored: Option<String> = tx.opt("SELECT sha256 FROM files WHERE sha1 = ?", args![sha1]).await?;
+        tx.commit().await?;
         stored.ok_or(MetaError::NotFound)
     }
 
@@ -470,19 +463,20 @@ impl MetaStore {
         cutoff: i64,
         remove: &RemoveFn<'_>,
     ) -> Result<Option<Content>, MetaError> {
-        let _g = self.write_gate().await;
-        let mut tx = self.begin().await?;
+        let mut g = self.write_gate().await;
+        let mut tx = self.begin_write(&mut g).await?;
         let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
-        let Some(content): Option<Content> = sqlx::query_as(sql).bind(sha1).fetch_optional(&mut *tx).await? else {
+        let Some(content): Option<Content> = tx.opt(sql, args![sha1]).await? else {
             return Ok(None);
         };
         // The DELETE is the write that takes the lock; its condition re-checks the state.
-        let res = sqlx::query("DELETE FROM files WHERE sha1 = ? AND refcount = 0 AND zero_since <= ?")
-            .bind(sha1)
-            .bind(cutoff)
-            .execute(&mut *tx)
+        let deleted = tx
+            .exec(
+                "DELETE FROM files WHERE sha1 = ? AND refcount = 0 AND zero_since <= ?",
+                args![sha1, cutoff],
+            )
             .await?;
-        if res.rows_affected() == 0 {
+        if deleted == 0 {
             return Ok(None);
         }
         remove(&content)?;

@@ -80,6 +80,12 @@ impl<'a> From<&'a [u8]> for Arg<'a> {
     }
 }
 
+impl<'a> From<&'a Vec<u8>> for Arg<'a> {
+    fn from(v: &'a Vec<u8>) -> Self {
+        Arg::Bytes(v)
+    }
+}
+
 impl rusqlite::ToSql for Arg<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(ToSqlOutput::Borrowed(match *self {
@@ -133,6 +139,15 @@ impl FromDb for i64 {
 }
 
 impl FromDb for Option<i64> {
+    fn from_any(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        row.try_get(0)
+    }
+    fn from_lite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        row.get(0)
+    }
+}
+
+impl FromDb for String {
     fn from_any(row: &AnyRow) -> Result<Self, sqlx::Error> {
         row.try_get(0)
     }
