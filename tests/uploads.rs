@@ -646,6 +646,165 @@ async fn sha1_declared_at_complete(backend: Backend, sessions: Sessions) {
     s.stop().await;
 }
 
+/// An open-ended upload (started without a size, as a FUSE mount's write-behind does):
+/// chunks of up to `chunk_size` bytes go in while the file is still being written; size
+/// and SHA-1 are declared at `complete`. Nothing is visible before it; chunks past the
+/// declared size are dropped; a missing chunk, or a short one that is not the last, does
+/// not commit anything.
+async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
+    let Some(tweak) = configure(sessions) else { return };
+    let Some(s) = TestServer::start_with(backend, tweak).await else {
+        return;
+    };
+    let t = s.user("alice").await;
+    let data = payload(3 * CHUNK + 99, 9);
+    let init = || async {
+        let r = s
+            .http
+            .post(s.url("/api/v1/uploads"))
+            .bearer_auth(&t)
+            .json(&json!({"path": "/open.bin"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (&v["size"], &v["chunk_count"], &v["sha1"]),
+            (&Value::Null, &Value::Null, &Value::Null)
+        );
+        assert_eq!(v["chunk_size"], CHUNK);
+        v["id"].as_str().unwrap().to_string()
+    };
+    let part = |id: &str, index: usize, bytes: Vec<u8>| {
+        let req = s
+            .http
+            .put(s.url(&format!("/api/v1/uploads/{id}/parts/{index}")))
+            .bearer_auth(&t)
+            .body(bytes);
+        async move { req.send().await.unwrap().status() }
+    };
+    let chunk = |i: usize| data[(i - 1) * CHUNK..(i * CHUNK).min(data.len())].to_vec();
+    let complete = |id: &str, body: Value| {
+        let req = s
+            .http
+            .post(s.url(&format!("/api/v1/uploads/{id}/complete")))
+            .bearer_auth(&t)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let visible = || async {
+        s.http
+            .get(s.url("/api/v1/files/open.bin"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let sha1 = sha1_hex(&data);
+
+    // Chunks out of order, one past the end (the file was cut after it went), and the
+    // last one short.
+    let id = init().await;
+    for i in [2, 1, 5] {
+        let bytes = if i == 5 { payload(CHUNK, 1) } else { chunk(i) };
+        assert_eq!(part(&id, i, bytes).await, StatusCode::OK);
+    }
+    assert_eq!(
+        part(&id, 3, vec![0; CHUNK + 1]).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "longer than a chunk"
+    );
+    assert_eq!(part(&id, 3, Vec::new()).await, StatusCode::BAD_REQUEST, "empty");
+    assert_eq!(part(&id, 3, chunk(3)).await, StatusCode::OK);
+    assert_eq!(
+        visible().await,
+        StatusCode::NOT_FOUND,
+        "nothing visible before complete"
+    );
+    let (st, v) = complete(&id, json!({"sha1": sha1})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "the size is required: {v}");
+    let (st, v) = complete(&id, json!({"sha1": sha1, "size": data.len()})).await;
+    assert_eq!(st, StatusCode::CONFLICT, "chunk 4 is missing: {v}");
+    assert_eq!(part(&id, 4, chunk(4)).await, StatusCode::OK);
+    let status = s
+        .http
+        .get(s.url(&format!("/api/v1/uploads/{id}")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(status["received"], json!([1, 2, 3, 4, 5]));
+    assert_eq!(status["size"], Value::Null);
+    let (st, v) = complete(&id, json!({"sha1": sha1, "size": data.len()})).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["sha1"].as_str(), v["size"].as_u64()),
+        (Some(sha1.as_str()), Some(data.len() as u64))
+    );
+    let got = s
+        .http
+        .get(s.url("/api/v1/files/open.bin"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == data, "the committed bytes are the file's, cut to its size");
+    assert_eq!(parts_files(&s), 0);
+
+    // A short chunk that is not the last leaves a hole: the SHA-1 check refuses it and
+    // the upload is discarded.
+    let id = init().await;
+    for i in 1..=4 {
+        let mut bytes = chunk(i);
+        if i == 2 {
+            bytes.truncate(100);
+        }
+        assert_eq!(part(&id, i, bytes).await, StatusCode::OK);
+    }
+    let (st, v) = complete(&id, json!({"sha1": sha1, "size": data.len()})).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(parts_files(&s), 0);
+    // An empty file: no chunks at all.
+    let id = init().await;
+    let (st, v) = complete(&id, json!({"sha1": sha1_hex(b""), "size": 0})).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["size"], 0);
+    // A session started with its size refuses another one at completion.
+    let r = s
+        .http
+        .post(s.url("/api/v1/uploads"))
+        .bearer_auth(&t)
+        .json(&json!({"path": "/sized.bin", "size": CHUNK}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(part(&id, 1, chunk(1)).await, StatusCode::OK);
+    let (st, v) = complete(&id, json!({"sha1": sha1_hex(&chunk(1)), "size": CHUNK + 1})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = complete(&id, json!({"sha1": sha1_hex(&chunk(1)), "size": CHUNK})).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    s.stop().await;
+}
+
+async fn open_size_db(b: Backend) {
+    size_declared_at_complete(b, Sessions::Database).await
+}
+async fn open_size_redis(b: Backend) {
+    size_declared_at_complete(b, Sessions::Redis).await
+}
+
 async fn declared_late_db(b: Backend) {
     sha1_declared_at_complete(b, Sessions::Database).await
 }
@@ -673,6 +832,8 @@ both_backends! {
     json_chunked_redis_sessions => json_redis;
     sha1_declared_at_complete_db_sessions => declared_late_db;
     sha1_declared_at_complete_redis_sessions => declared_late_redis;
+    size_declared_at_complete_db_sessions => open_size_db;
+    size_declared_at_complete_redis_sessions => open_size_redis;
     instant_upload => instant;
 }
 

@@ -159,6 +159,16 @@ pub struct RemoteUpload {
     pub received: Vec<u64>,
 }
 
+/// An open-ended upload session (`POST /uploads` without a size): chunks of a file still
+/// being written, its size and SHA-1 declared at completion.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteOpenUpload {
+    pub id: String,
+    pub chunk_size: u64,
+    #[serde(default)]
+    pub received: Vec<u64>,
+}
+
 /// The challenge of an instant upload.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RemoteChallenge {
@@ -402,6 +412,27 @@ impl Client {
         body.insert("size".into(), json!(size));
         body.insert("overwrite".into(), json!(overwrite));
         self.json(self.request(Method::POST, "/uploads").json(&body)).await
+    }
+
+    /// Starts an open-ended upload to `dest`: every chunk is up to `chunk_size` bytes, and
+    /// size and SHA-1 are declared by [`Client::upload_complete_declared`].
+    pub async fn upload_open(&self, dest: &UploadDest, overwrite: bool) -> Result<RemoteOpenUpload> {
+        let mut body = dest.fields();
+        body.insert("overwrite".into(), json!(overwrite));
+        self.json(self.request(Method::POST, "/uploads").json(&body)).await
+    }
+
+    /// The chunks the server has of the open-ended upload `id`.
+    pub async fn upload_open_status(&self, id: &str) -> Result<RemoteOpenUpload> {
+        self.json(self.request(Method::GET, &format!("/uploads/{id}"))).await
+    }
+
+    /// Completes an upload declaring its SHA-1 and size (required for an open-ended one).
+    pub async fn upload_complete_declared<T: DeserializeOwned>(&self, id: &str, sha1: &str, size: u64) -> Result<T> {
+        let req = self
+            .request(Method::POST, &format!("/uploads/{id}/complete"))
+            .json(&json!({ "sha1": sha1, "size": size }));
+        self.json(req).await
     }
 
     /// Sends chunk `index`; with `sha1` the server refuses it unless it hashes to that.

@@ -99,7 +99,7 @@ async fn init(State(st): State<AppState>, req: Request) -> Result<Response, Seed
     let size = size_param(&p)?;
     let progress = st
         .uploads
-        .init(&user, Some(&hash), size, encode_target(Conflict::Rename, ""))
+        .init(&user, Some(&hash), Some(size), encode_target(Conflict::Rename, ""))
         .await?;
     Ok(ok("OK", info(&progress)))
 }
@@ -135,7 +135,7 @@ async fn complete(State(st): State<AppState>, req: Request) -> Result<Response, 
         return Err(SeedError::param("filehash and filesize must be the ones given at init"));
     }
     let target = root_target(&st, &user, &p).await?;
-    let entry = st.uploads.complete(&user, &id, target, None).await?;
+    let entry = st.uploads.complete(&user, &id, target, None, None).await?;
     Ok(ok("OK", user_file(&user, &entry)))
 }
 

@@ -21,7 +21,7 @@ use super::{check_declared_length, close_after_error, AppState, AuthUser};
 use crate::drive::UploadTarget;
 use crate::instant::Outcome;
 use crate::meta::{Conflict, User};
-use crate::uploads::{decode_target, encode_target, Progress};
+use crate::uploads::{decode_target, encode_target, Progress, OPEN_SIZE};
 use crate::util::rfc3339;
 
 pub fn routes() -> Router<AppState> {
@@ -112,7 +112,9 @@ struct RawInit {
     parent: Option<i64>,
     name: Option<String>,
     entry: Option<i64>,
-    size: i64,
+    /// Optional: without it, the size is declared at `complete` (an open-ended session,
+    /// see `uploads::init`).
+    size: Option<i64>,
     /// Optional: without it, the SHA-1 is declared at `complete` (see `uploads::init`).
     sha1: Option<String>,
     #[serde(default = "yes")]
@@ -123,7 +125,7 @@ struct RawInit {
 #[serde(try_from = "RawInit")]
 struct InitBody {
     dest: Dest,
-    size: i64,
+    size: Option<i64>,
     sha1: Option<String>,
     overwrite: bool,
 }
@@ -147,12 +149,14 @@ fn yes() -> bool {
 fn progress_json(p: &Progress) -> Value {
     let s = &p.session;
     let (_, dest) = Dest::decode(&s.target);
+    // An open-ended session has neither yet.
+    let declared = |n: i64| (s.size != OPEN_SIZE).then_some(n);
     let mut v = json!({
         "id": s.id,
         "sha1": (!s.sha1.is_empty()).then_some(&s.sha1),
-        "size": s.size,
+        "size": declared(s.size),
         "chunk_size": s.chunk_size,
-        "chunk_count": s.chunk_count,
+        "chunk_count": declared(s.chunk_count),
         "received": p.received,
         "expires": rfc3339(s.expires_at),
     });
@@ -251,14 +255,16 @@ async fn part(
     Ok(Json(json!({ "received": received })))
 }
 
-/// The optional body of `complete`: the SHA-1 of an upload started without one.
+/// The optional body of `complete`: the SHA-1 and size of an upload started without
+/// them (given for one started with them, they must agree).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CompleteBody {
     sha1: Option<String>,
+    size: Option<i64>,
 }
 
-/// `POST /api/v1/uploads/{id}/complete`, with an empty body or `{sha1}`.
+/// `POST /api/v1/uploads/{id}/complete`, with an empty body or `{sha1, size}`.
 async fn complete(
     State(st): State<AppState>,
     AuthUser(u): AuthUser,
@@ -283,6 +289,7 @@ async fn complete(
             &id,
             target(&st, &u, &dest, conflict, None).await?,
             declared.sha1.as_deref(),
+            declared.size,
         )
         .await?;
     let etag = super::content::etag(e.sha1.as_deref().unwrap_or_default());

@@ -132,23 +132,24 @@ impl Uploads {
     ///
     /// Without `sha1` the session is new, never a resumed one (nothing to find it by), and
     /// the SHA-1 is declared at `complete`: a client can send chunks while it is still
-    /// hashing the file.
-    pub async fn init(&self, user: &User, sha1: Option<&str>, size: i64, target: String) -> Result<Progress> {
+    /// hashing the file. Without `size` (an open-ended session, [`OPEN_SIZE`]) the size is
+    /// declared at `complete` too: a client can send the chunks of a file while it is
+    /// still being written (a FUSE mount's write-behind).
+    pub async fn init(&self, user: &User, sha1: Option<&str>, size: Option<i64>, target: String) -> Result<Progress> {
         let sha1 = match sha1 {
             Some(h) => valid_sha1(h)?,
             None => String::new(),
         };
-        if size < 0 {
-            return Err(UploadError::Invalid("the size must not be negative".into()));
-        }
-        if let Some(limit) = self.drive.max_upload() {
-            if size as u64 > limit {
-                return Err(DriveError::Blob(crate::blob::BlobError::TooLarge { limit }).into());
+        let size = match size {
+            Some(n) => {
+                self.check_size(n)?;
+                n
             }
-        }
-        let resumable = match sha1.as_str() {
-            "" => None,
-            h => self.sessions.find(user.id, h, size).await?,
+            None => OPEN_SIZE,
+        };
+        let resumable = match (sha1.as_str(), size) {
+            ("", _) | (_, OPEN_SIZE) => None,
+            (h, n) => self.sessions.find(user.id, h, n).await?,
         };
         if let Some(s) = resumable {
             if s.target == target && self.data_path(&s.id).is_file() {
@@ -157,7 +158,10 @@ impl Uploads {
             }
         }
         let now = now_ms();
-        let chunk_count = (size + self.chunk_size - 1) / self.chunk_size;
+        let chunk_count = match size {
+            OPEN_SIZE => OPEN_SIZE,
+            n => (n + self.chunk_size - 1) / self.chunk_size,
+        };
         let s = UploadSession {
             id: random_hex(16),
             owner: user.id,
@@ -173,7 +177,8 @@ impl Uploads {
         // session is swept.
         let path = self.data_path(&s.id);
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        file.set_len(size as u64)?;
+        // An open-ended session's file grows with its chunks.
+        file.set_len(size.max(0) as u64)?;
         if let Err(e) = self.sessions.create(&s).await {
             let _ = std::fs::remove_file(&path);
             return Err(e.into());
@@ -202,9 +207,10 @@ impl Uploads {
     }
 
     /// Writes chunk `index` (1-based) from `body`. Every chunk but the last is exactly
-    /// `chunk_size` bytes; `chunk_sha1`, when given, is checked. Re-sending a chunk is
-    /// harmless: once recorded, a chunk's bytes stay the first ones. Returns how many
-    /// chunks the session now has.
+    /// `chunk_size` bytes (in an open-ended session, where the last one is not known yet,
+    /// 1 to `chunk_size` bytes: `complete` checks the whole); `chunk_sha1`, when given, is
+    /// checked. Re-sending a chunk is harmless: once recorded, a chunk's bytes stay the
+    /// first ones. Returns how many chunks the session now has.
     pub async fn put_part<S, E>(
         &self,
         user: &User,
@@ -218,17 +224,26 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let s = self.session(user, id).await?;
-        if index < 1 || index > s.chunk_count {
+        let open = s.size == OPEN_SIZE;
+        if open {
+            if index < 1 {
+                return Err(UploadError::Invalid("index must be 1 or more".into()));
+            }
+            // The chunk's first byte must lie within the largest upload accepted.
+            self.check_size(index.saturating_sub(1).saturating_mul(s.chunk_size).saturating_add(1))?;
+        } else if index < 1 || index > s.chunk_count {
             return Err(UploadError::Invalid(format!(
                 "index must be between 1 and {}",
                 s.chunk_count
             )));
         }
-        let expected = if index < s.chunk_count {
+        // At most this many bytes; exactly this many unless the session is open-ended.
+        let expected = if open || index < s.chunk_count {
             s.chunk_size
         } else {
             s.size - (s.chunk_count - 1) * s.chunk_size
         };
+        let fits = |got: i64| got == expected || (open && (1..=expected).contains(&got));
         let want_hash = match chunk_sha1 {
             Some(h) if is_sha1_hex(&h.to_ascii_lowercase()) => Some(h.to_ascii_lowercase()),
             Some(_) => return Err(UploadError::Invalid("chkhash must be 40 hexadecimal digits".into())),
@@ -244,7 +259,7 @@ impl Uploads {
         if self.sessions.parts(id).await?.binary_search(&index).is_ok() {
             drop(file);
             let got = drain(body, expected).await?;
-            if got != expected {
+            if !fits(got) {
                 return Err(UploadError::ChunkSize { index, expected });
             }
             return Ok(self.sessions.parts(id).await?.len());
@@ -295,7 +310,7 @@ impl Uploads {
             return Err(f);
         }
         let (n, digest, file) = written?;
-        if n as i64 != expected {
+        if !fits(n as i64) {
             return Err(UploadError::ChunkSize { index, expected });
         }
         if want_hash.is_some() && digest != want_hash {
@@ -309,7 +324,7 @@ impl Uploads {
         let layout = || prefix_hash::Layout {
             path: self.data_path(id),
             chunk_size: s.chunk_size as u64,
-            size: s.size as u64,
+            size: (!open).then_some(s.size as u64),
         };
         self.prefix.recorded(id, layout, index);
         drop(file);
@@ -319,8 +334,37 @@ impl Uploads {
     /// Verifies and commits the upload. `target` overrides the session's destination (the
     /// seed names the file only at completion). `declared` is the SHA-1 of a session
     /// started without one (required then); given for one that has one, it must agree.
-    pub async fn complete(&self, user: &User, id: &str, target: UploadTarget, declared: Option<&str>) -> Result<Entry> {
+    /// Likewise `declared_size`, required for an open-ended session: its chunks
+    /// `1..=ceil(size / chunk_size)` must all be there; the file is cut to `size` (chunks
+    /// past it are dropped) and then checked against SHA-1 and size like any other.
+    pub async fn complete(
+        &self,
+        user: &User,
+        id: &str,
+        target: UploadTarget,
+        declared: Option<&str>,
+        declared_size: Option<i64>,
+    ) -> Result<Entry> {
         let mut s = self.session(user, id).await?;
+        let open = s.size == OPEN_SIZE;
+        match (open, declared_size) {
+            (true, None) => {
+                return Err(UploadError::Invalid(
+                    "this upload was started without a size: declare it when completing".into(),
+                ))
+            }
+            (true, Some(n)) => {
+                self.check_size(n)?;
+                s.size = n;
+                s.chunk_count = (n + s.chunk_size - 1) / s.chunk_size;
+            }
+            (false, Some(n)) if n != s.size => {
+                return Err(UploadError::Invalid(
+                    "the size differs from the one declared when the upload started".into(),
+                ))
+            }
+            _ => {}
+        }
         match (s.sha1.as_str(), declared) {
             ("", None) => {
                 return Err(UploadError::Invalid(
@@ -351,8 +395,18 @@ impl Uploads {
             return Err(UploadError::Incomplete(missing));
         }
         let (prefix, key) = (self.prefix.clone(), id.to_owned());
+        let (p, want) = (path.clone(), s.size as u64);
         let (sha1, size, file) = blocking(move || {
-            let (sha1, size) = hash_rest(&mut file, prefix.take(&key))?;
+            let mut hashed = prefix.take(&key);
+            if open {
+                // Chunks past the declared size (or a last chunk sent longer than it) are
+                // not part of the file. Under the exclusive lock: nobody writes it now.
+                std::fs::OpenOptions::new().write(true).open(&p)?.set_len(want)?;
+                if hashed.size > want {
+                    hashed = Default::default();
+                }
+            }
+            let (sha1, size) = hash_rest(&mut file, hashed)?;
             Ok((sha1, size, file))
         })
         .await?;
@@ -419,6 +473,25 @@ impl Uploads {
         Ok(removed)
     }
 }
+
+impl Uploads {
+    /// A declared size: not negative, and within the largest upload accepted.
+    fn check_size(&self, size: i64) -> Result<()> {
+        if size < 0 {
+            return Err(UploadError::Invalid("the size must not be negative".into()));
+        }
+        if let Some(limit) = self.drive.max_upload() {
+            if size as u64 > limit {
+                return Err(DriveError::Blob(crate::blob::BlobError::TooLarge { limit }).into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `size` (and `chunk_count`) of an open-ended session, whose size is declared at
+/// `complete`.
+pub const OPEN_SIZE: i64 = -1;
 
 /// A client's SHA-1, lowercased, or why it is not one.
 fn valid_sha1(h: &str) -> Result<String> {

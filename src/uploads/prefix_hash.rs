@@ -34,7 +34,9 @@ pub struct PrefixHashes {
 pub struct Layout {
     pub path: PathBuf,
     pub chunk_size: u64,
-    pub size: u64,
+    /// `None` for an open-ended session (size declared at `complete`): only chunks that
+    /// lie whole in the file are hashed, since a shorter one may be the last.
+    pub size: Option<u64>,
 }
 
 struct Prefix {
@@ -167,24 +169,38 @@ impl Prefix {
                 }
                 (next, st.digests.take().expect("digests are home while not running"))
             };
-            let ok = match &mut file {
-                Ok(f) => self.hash_chunk(f, index, &mut digests).is_ok(),
-                Err(_) => false,
+            let hashed = match &mut file {
+                Ok(f) => self.hash_chunk(f, index, &mut digests),
+                Err(_) => Err(std::io::ErrorKind::NotFound.into()),
             };
             let mut st = lock(&self.state);
             st.digests = Some(digests);
-            if ok {
-                st.next = index + 1;
-            } else {
-                st.broken = true;
+            match hashed {
+                Ok(true) => st.next = index + 1,
+                Ok(false) => {
+                    // A short chunk of an open-ended session: the last one, or one that
+                    // the rest of the file will show to be wrong. `complete` hashes it.
+                    st.waiting.insert(index);
+                    st.running = false;
+                    self.idle.notify_all();
+                    return;
+                }
+                Err(_) => st.broken = true,
             }
         }
     }
 
-    fn hash_chunk(&self, file: &mut File, index: i64, digests: &mut Digests) -> std::io::Result<()> {
+    /// Hashes chunk `index`; `Ok(false)` (nothing hashed) for a chunk of an open-ended
+    /// session that is shorter than `chunk_size` in the file.
+    fn hash_chunk(&self, file: &mut File, index: i64, digests: &mut Digests) -> std::io::Result<bool> {
         let Layout { chunk_size, size, .. } = self.layout;
         let offset = (index as u64 - 1) * chunk_size;
         debug_assert_eq!(offset, digests.size);
+        let size = match size {
+            Some(n) => n,
+            None if file.metadata()?.len() < offset + chunk_size => return Ok(false),
+            None => offset + chunk_size,
+        };
         let mut left = chunk_size.min(size.saturating_sub(offset));
         file.seek(SeekFrom::Start(offset))?;
         let mut buf = vec![0u8; (256 << 10).min(left.max(1) as usize)];
@@ -194,7 +210,7 @@ impl Prefix {
             digests.update(&buf[..want]);
             left -= want as u64;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -228,7 +244,7 @@ mod tests {
         let layout = || Layout {
             path: path.clone(),
             chunk_size: 3000,
-            size: 10_000,
+            size: Some(10_000),
         };
         let p = Arc::new(PrefixHashes::default());
         for index in [2, 4, 1] {
@@ -246,13 +262,40 @@ mod tests {
         assert!(p.is_empty());
     }
 
+    /// In an open-ended session a chunk shorter than `chunk_size` may be the last one:
+    /// the prefix stops in front of it, and goes on once the file shows it whole.
+    #[tokio::test]
+    async fn an_open_ended_session_hashes_whole_chunks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.data");
+        let data: Vec<u8> = (0..7_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(&path, &data[..4500]).unwrap();
+        let layout = || Layout {
+            path: path.clone(),
+            chunk_size: 3000,
+            size: None,
+        };
+        let p = Arc::new(PrefixHashes::default());
+        p.recorded("s", layout, 1);
+        p.recorded("s", layout, 2);
+        p.settle("s");
+        // Chunk 2 turns out not to be the last: the file grows past it.
+        std::fs::write(&path, &data).unwrap();
+        p.recorded("s", layout, 3);
+        let got = settled(&p, "s").await;
+        assert_eq!(got.size, 6000);
+        let mut f = File::open(&path).unwrap();
+        let rest = crate::blob::hash_rest(&mut f, got).unwrap();
+        assert_eq!(rest.0, hex::encode(sha1::Sha1::digest(&data)));
+    }
+
     #[tokio::test]
     async fn an_unreadable_file_falls_back_to_hashing_everything() {
         let p = Arc::new(PrefixHashes::default());
         let layout = || Layout {
             path: PathBuf::from("/nonexistent/x.data"),
             chunk_size: 10,
-            size: 20,
+            size: Some(20),
         };
         p.recorded("s", layout, 1);
         p.recorded("s", layout, 2);
