@@ -616,10 +616,27 @@ fn every_operation(backend: Backend) {
     drop(f);
     assert_eq!(api.stat("/docs/moded").unwrap().mode, 0o640 & !umask() as i64);
 
-    // Large (chunked upload), copy of it (instant upload), medium (one PUT).
+    // Large (written front to back: its chunks are sent while it is written, the tail at
+    // close), copy of it (instant upload), medium (one PUT).
     let big = pattern(12 << 20, 7);
     fs::write(p("big.bin"), &big).unwrap();
     assert_eq!(api.stat("/big.bin").unwrap().sha1.unwrap(), sha1_hex(&big));
+    // Rewritten below what was already sent, then extended: the close commits the new
+    // bytes, never the chunks sent before the rewrite.
+    let mut model = pattern(11 << 20, 8);
+    let mut f = File::create(p("rewritten.bin")).unwrap();
+    f.write_all(&model).unwrap();
+    assert!(
+        api.stat("/rewritten.bin").unwrap().size == 0,
+        "nothing visible before close"
+    );
+    f.write_all_at(b"changed", 100).unwrap();
+    model[100..107].copy_from_slice(b"changed");
+    f.seek(SeekFrom::End(0)).unwrap();
+    f.write_all(&pattern(3 << 20, 9)).unwrap();
+    model.extend_from_slice(&pattern(3 << 20, 9));
+    drop(f);
+    assert_eq!(api.stat("/rewritten.bin").unwrap().sha1.unwrap(), sha1_hex(&model));
     assert_eq!(sha1_hex(&fs::read(p("big.bin")).unwrap()), sha1_hex(&big));
     fs::copy(p("big.bin"), p("big-copy.bin")).unwrap();
     assert_eq!(api.stat("/big-copy.bin").unwrap().sha1.unwrap(), sha1_hex(&big));

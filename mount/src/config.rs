@@ -39,6 +39,12 @@ pub struct MountConfig {
     /// Most directory entries kept in recent listings that answer lookups for `entry_ttl`
     /// (see `dircache`); 0 sends every lookup to the port.
     pub dir_cache_entries: usize,
+    /// A spool written front to back starts sending its chunks while it is still being
+    /// written (write-behind, if the port has it) once it holds this many bytes; smaller
+    /// files are sent whole at close. `u64::MAX` turns write-behind off.
+    pub stream_min: u64,
+    /// Chunks of one write-behind upload in flight at once.
+    pub stream_parallel: usize,
     /// Threads serving FUSE requests (each blocks on one request at a time).
     pub threads: usize,
     /// Owner shown for entries whose port stores none (default: the mounting user).
@@ -52,7 +58,8 @@ pub struct MountConfig {
 impl MountConfig {
     /// Defaults: 256 MiB cache, 10 GiB spool, 4 uploads, 1 s TTLs, 8 MiB read-ahead (1 MiB
     /// in the kernel),
-    /// pages of 1000 entries, 100,000 cached directory entries, 8 threads, owned by the calling user.
+    /// pages of 1000 entries, 100,000 cached directory entries, write-behind from 8 MiB with 2
+    /// chunks in flight, 8 threads, owned by the calling user.
     pub fn new(spool_dir: impl Into<PathBuf>) -> Self {
         // SAFETY: geteuid/getegid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -69,6 +76,8 @@ impl MountConfig {
             kernel_read_ahead: 1 << 20,
             list_page_size: 1000,
             dir_cache_entries: 100_000,
+            stream_min: 8 << 20,
+            stream_parallel: 2,
             threads: 8,
             uid,
             gid,

@@ -9,6 +9,14 @@
 //! go to it, reads of that entry are served from it, and `flush` (every close), `fsync`
 //! and `release` hash it and `put_file` it, returning only once the port has committed.
 //! The first change journals the spool, so a killed mount uploads it when restarted.
+//!
+//! Write-behind: a spool written front to back (the running SHA-1 follows it) sends its
+//! full chunks while it is still being written, once it reaches `stream_min` bytes, if the
+//! port can ([`RemoteTree::begin_stream`]); the commit then sends only the tail and
+//! completes. Nothing is visible on the server before that commit, which checks the
+//! whole against size and SHA-1. A write or truncate below what was streamed abandons the
+//! stream and the commit uploads the spool whole; so does a failed chunk. A killed mount
+//! uploads its journaled spools whole, as before (their sessions expire on the server).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -28,7 +36,8 @@ use crate::cache::{nz, BlockCache, Claimed, IfBusy, ReadAhead, BLOCK_SIZE};
 use crate::dircache::{Cached, DirCache, Fetch};
 use crate::journal::{now_ms, sha1_file, Journal, Pending, RunningSha1};
 use crate::port::{
-    Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, EMPTY_SHA1, NAME_MAX,
+    Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamSession,
+    EMPTY_SHA1, NAME_MAX,
 };
 use crate::MountConfig;
 
@@ -207,6 +216,98 @@ struct Spool {
     explicit_mtime: Option<i64>,
     /// The SHA-1 of the spool so far while it is written front to back.
     running: Option<RunningSha1>,
+    /// Its write-behind upload, while the bytes it has sent are still the spool's.
+    stream: Option<Stream>,
+}
+
+/// What a write-behind task is told: how many leading bytes of the spool are final (sent
+/// as they fill chunks), then to finish (send what is ready and stop) or to give up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamCmd {
+    Ready(u64),
+    Finish(u64),
+    Abort,
+}
+
+/// A write-behind upload of a spool (see the module docs).
+struct Stream {
+    cmd: tokio::sync::watch::Sender<StreamCmd>,
+    /// The leading bytes announced as final.
+    ready: u64,
+    /// The session and how many chunks it got, `0..n`; an error if it failed (then it
+    /// has abandoned its session itself).
+    task: tokio::task::JoinHandle<Result<(StreamSession, u64), PortError>>,
+}
+
+impl Stream {
+    /// Abandons the upload (bytes it sent are no longer the spool's).
+    fn abort(self) {
+        let _ = self.cmd.send(StreamCmd::Abort);
+    }
+}
+
+/// The write-behind task: begins a session, then sends each chunk of the spool once the
+/// spool's final bytes cover it, `parallel` at a time, until told to finish or abort.
+async fn run_stream(
+    port: Arc<dyn RemoteTree>,
+    id: i64,
+    file: File,
+    parallel: usize,
+    mut cmd: tokio::sync::watch::Receiver<StreamCmd>,
+) -> Result<(StreamSession, u64), PortError> {
+    let session = port.begin_stream(id).await?.ok_or(PortError::Unsupported)?;
+    let cs = session.chunk_size.max(1);
+    let file = Arc::new(file);
+    let mut next = 0u64;
+    let mut inflight = tokio::task::JoinSet::new();
+    let result = loop {
+        let state = *cmd.borrow_and_update();
+        let (ready, finishing) = match state {
+            StreamCmd::Ready(n) => (n, false),
+            StreamCmd::Finish(n) => (n, true),
+            StreamCmd::Abort => break Err(PortError::Other("write-behind abandoned".into())),
+        };
+        while next < ready / cs && inflight.len() < parallel.max(1) {
+            let (port, file, session, index) = (port.clone(), file.clone(), session.clone(), next);
+            inflight.spawn(async move {
+                let data = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; cs as usize];
+                    file.read_exact_at(&mut buf, index * cs).map(|_| Bytes::from(buf))
+                })
+                .await
+                .map_err(|e| PortError::Other(e.to_string().into()))?
+                .map_err(|e| PortError::Other(Box::new(e)))?;
+                port.stream_chunk(&session, index, data).await
+            });
+            next += 1;
+        }
+        if finishing && inflight.is_empty() && next >= ready / cs {
+            break Ok(next);
+        }
+        tokio::select! {
+            Some(r) = inflight.join_next(), if !inflight.is_empty() => {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e),
+                    Err(e) => break Err(PortError::Other(e.to_string().into())),
+                }
+            }
+            changed = cmd.changed() => {
+                if changed.is_err() {
+                    // The spool went away without a word (a panic): give up.
+                    break Err(PortError::Other("write-behind abandoned".into()));
+                }
+            }
+        }
+    };
+    match result {
+        Ok(sent) => Ok((session, sent)),
+        Err(e) => {
+            inflight.abort_all();
+            port.abort_stream(&session).await;
+            Err(e)
+        }
+    }
 }
 
 /// What getattr needs without waiting on an upload in progress.
@@ -271,6 +372,8 @@ pub struct Fs {
     /// SHA-1 the kernel's page cache last held for an entry (for `FOPEN_KEEP_CACHE`).
     kept: Mutex<LruCache<i64, String>>,
     spool_used: AtomicU64,
+    /// Write-behind is on (`stream_min` is not `u64::MAX`).
+    streams: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -323,6 +426,7 @@ impl Fs {
             open: Mutex::new(HashMap::new()),
             kept: Mutex::new(LruCache::new(nz(65536))),
             spool_used: AtomicU64::new(0),
+            streams: cfg.stream_min != u64::MAX,
             cfg,
         })
     }
@@ -549,11 +653,12 @@ impl Fs {
             self.ensure_spool(&of, &mut st, Some(size)).await?;
             let sp = st.spool.as_mut().ok_or(FsError::BadHandle)?;
             self.resize(sp, size)?;
-            sp.file.set_len(size)?;
-            sp.size = size;
             if !sp.running.as_ref().is_some_and(|r| r.keeps(size)) {
                 sp.running = (size == 0).then(RunningSha1::new);
             }
+            sp.file.set_len(size)?;
+            self.follow_stream(of.id, sp);
+            sp.size = size;
             self.mark_dirty(&of, sp)?;
             // With no writer open, nobody will close it: commit now (truncate(2)).
             if st.writers == 0 {
@@ -814,7 +919,10 @@ impl Fs {
             return;
         }
         open.remove(&of.id);
-        if let Some(sp) = st.spool.take() {
+        if let Some(mut sp) = st.spool.take() {
+            if let Some(stream) = sp.stream.take() {
+                stream.abort();
+            }
             self.spool_used.fetch_sub(sp.accounted, Ordering::AcqRel);
             if !sp.dirty {
                 self.journal.remove_data(of.id);
@@ -847,9 +955,10 @@ impl Fs {
                 if trunc {
                     // Even an already empty file gets new mtime/ctime from O_TRUNC (POSIX).
                     let sp = st.spool.as_mut().ok_or(FsError::BadHandle)?;
-                    sp.file.set_len(0)?;
-                    sp.size = 0;
                     sp.running = Some(RunningSha1::new());
+                    sp.file.set_len(0)?;
+                    self.follow_stream(of.id, sp);
+                    sp.size = 0;
                     self.mark_dirty(&of, sp)?;
                 }
                 st.writers += 1;
@@ -944,6 +1053,7 @@ impl Fs {
                     mtime_ms: now_ms(),
                     explicit_mtime: None,
                     running: None,
+                    stream: None,
                 });
                 let mut sh = lock(&of.shadow);
                 sh.spool_size = Some(size);
@@ -990,6 +1100,7 @@ impl Fs {
                     mtime_ms: e.mtime_ms,
                     explicit_mtime: None,
                     running: Some(running),
+                    stream: None,
                 });
                 lock(&of.shadow).spool_size = Some(copy);
                 Ok(())
@@ -1036,9 +1147,35 @@ impl Fs {
             sha1: &sha1,
             mtime_ms: sp.explicit_mtime.unwrap_or(sp.mtime_ms),
         };
+        // A stream that is still in step sends what it has ready, then the commit sends
+        // the rest; one that failed has abandoned its session, and the spool goes whole.
+        let stream = match sp.stream.take() {
+            Some(st) if sp.running.is_some() => {
+                let _ = st.cmd.send(StreamCmd::Finish(st.ready));
+                match st.task.await {
+                    Ok(Ok(done)) => Some(done),
+                    Ok(Err(e)) => {
+                        debug!(id = of.id, error = %e, "write-behind failed; uploading the file whole");
+                        None
+                    }
+                    Err(e) => {
+                        warn!(id = of.id, error = %e, "write-behind task failed");
+                        None
+                    }
+                }
+            }
+            Some(st) => {
+                st.abort();
+                None
+            }
+            None => None,
+        };
         let result = {
             let _permit = self.uploads.acquire().await;
-            self.port.put_file(put).await
+            match &stream {
+                Some((session, sent)) => self.port.finish_stream(session, put, *sent).await,
+                None => self.port.put_file(put).await,
+            }
         };
         match result {
             Ok(e) => {
@@ -1200,13 +1337,43 @@ impl Fs {
             .checked_add(data.len() as u64)
             .ok_or(FsError::Invalid("offset overflow"))?;
         self.reserve(sp, end)?;
-        sp.file.write_all_at(data, offset)?;
         if sp.running.as_mut().is_some_and(|r| !r.write(offset, data)) {
             sp.running = None;
         }
+        sp.file.write_all_at(data, offset)?;
+        // Announced once written. A stream whose bytes this changed may have read some of
+        // them: it is abandoned here, under the state lock, so no commit can complete it.
+        self.follow_stream(of.id, sp);
         sp.size = sp.size.max(end);
         self.mark_dirty(of, sp)?;
         Ok(data.len() as u32)
+    }
+
+    /// Keeps the write-behind upload of `sp` in step with its running hash: starts one once
+    /// the bytes written front to back reach `stream_min`, announces newly final bytes,
+    /// and abandons it when bytes it may have sent are no longer final.
+    fn follow_stream(&self, id: i64, sp: &mut Spool) {
+        let upto = sp.running.as_ref().map_or(0, RunningSha1::upto);
+        if let Some(ready) = sp.stream.as_ref().map(|st| st.ready) {
+            if upto < ready {
+                if let Some(st) = sp.stream.take() {
+                    debug!(id, "write-behind abandoned: bytes it sent changed");
+                    st.abort();
+                }
+            } else if let Some(st) = sp.stream.as_mut().filter(|_| upto > ready) {
+                st.ready = upto;
+                let _ = st.cmd.send(StreamCmd::Ready(upto));
+            }
+            return;
+        }
+        if upto < self.cfg.stream_min || sp.running.is_none() || !self.streams {
+            return;
+        }
+        // The task reads the spool through its own descriptor, never under the state lock.
+        let Ok(file) = sp.file.try_clone() else { return };
+        let (cmd, rx) = tokio::sync::watch::channel(StreamCmd::Ready(upto));
+        let task = tokio::spawn(run_stream(self.port.clone(), id, file, self.cfg.stream_parallel, rx));
+        sp.stream = Some(Stream { cmd, ready: upto, task });
     }
 
     /// fallocate(2): plain allocation extends the spool; `FALLOC_FL_KEEP_SIZE` has

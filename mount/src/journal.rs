@@ -207,6 +207,11 @@ impl RunningSha1 {
         offset > self.upto || data.is_empty()
     }
 
+    /// How many leading bytes of the file the hash covers.
+    pub(crate) fn upto(&self) -> u64 {
+        self.upto
+    }
+
     /// Whether the file may be cut to `size` without invalidating the hash.
     pub(crate) fn keeps(&self, size: u64) -> bool {
         size >= self.upto

@@ -17,8 +17,8 @@ use bytes::Bytes;
 
 use crate::journal::{now_ms, sha1_bytes};
 use crate::port::{
-    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, EMPTY_SHA1,
-    NAME_MAX,
+    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs,
+    StreamSession, EMPTY_SHA1, NAME_MAX,
 };
 
 /// Id of the root; deliberately not 1, so the mount's inode remapping is exercised.
@@ -47,6 +47,40 @@ pub struct MemoryTree {
     lookups: AtomicU64,
     puts: AtomicU64,
     fail_puts: AtomicBool,
+    /// Write-behind chunk size; 0: no write-behind (`begin_stream` answers `None`).
+    stream_chunk: AtomicU64,
+    streams: Mutex<Streams>,
+}
+
+/// Write-behind sessions and what happened to them, as a test wants to see it.
+#[derive(Default)]
+struct Streams {
+    next: u64,
+    /// Session id -> (file id, chunks received).
+    open: HashMap<String, (i64, BTreeMap<u64, Bytes>)>,
+    chunks: u64,
+    /// Finished with the chunks sent making up the file (no whole upload needed).
+    committed: u64,
+    /// Finished with chunks that were not the file's (the server would refuse them).
+    refused: u64,
+    aborted: u64,
+}
+
+/// What write-behind did so far (see [`MemoryTree::stream_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Sessions begun.
+    pub begun: u64,
+    /// Chunks received through `stream_chunk`.
+    pub chunks: u64,
+    /// Sessions finished whose chunks held the file's bytes.
+    pub committed: u64,
+    /// Sessions finished with chunks that were not the file's bytes.
+    pub refused: u64,
+    /// Sessions abandoned.
+    pub aborted: u64,
+    /// Sessions neither finished nor abandoned.
+    pub open: usize,
 }
 
 fn bad(msg: &str) -> PortError {
@@ -93,6 +127,8 @@ impl MemoryTree {
             lookups: AtomicU64::new(0),
             puts: AtomicU64::new(0),
             fail_puts: AtomicBool::new(false),
+            stream_chunk: AtomicU64::new(0),
+            streams: Mutex::default(),
         }
     }
 
@@ -129,6 +165,24 @@ impl MemoryTree {
     /// Number of `put_file` calls so far.
     pub fn put_calls(&self) -> u64 {
         self.puts.load(Ordering::Relaxed)
+    }
+
+    /// Accepts write-behind uploads in chunks of `chunk_size` bytes (0: none, the default).
+    pub fn enable_streams(&self, chunk_size: u64) {
+        self.stream_chunk.store(chunk_size, Ordering::Relaxed);
+    }
+
+    /// What write-behind did so far.
+    pub fn stream_stats(&self) -> StreamStats {
+        let s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        StreamStats {
+            begun: s.next,
+            chunks: s.chunks,
+            committed: s.committed,
+            refused: s.refused,
+            aborted: s.aborted,
+            open: s.open.len(),
+        }
     }
 
     /// Makes every `put_file` fail with a transient error until called with `false`.
@@ -439,6 +493,77 @@ impl RemoteTree for MemoryTree {
         };
         self.commit(&st)?;
         Ok(e)
+    }
+
+    async fn begin_stream(&self, id: i64) -> Result<Option<StreamSession>, PortError> {
+        let chunk_size = self.stream_chunk.load(Ordering::Relaxed);
+        if chunk_size == 0 {
+            return Ok(None);
+        }
+        let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        s.next += 1;
+        let sid = format!("s{}", s.next);
+        s.open.insert(sid.clone(), (id, BTreeMap::new()));
+        Ok(Some(StreamSession { id: sid, chunk_size }))
+    }
+
+    async fn stream_chunk(&self, stream: &StreamSession, index: u64, data: Bytes) -> Result<(), PortError> {
+        if data.len() as u64 != stream.chunk_size {
+            return Err(bad("a write-behind chunk must be chunk_size bytes"));
+        }
+        let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        s.chunks += 1;
+        let (_, chunks) = s
+            .open
+            .get_mut(&stream.id)
+            .ok_or(PortError::Other("no such stream".into()))?;
+        // Like the server: a chunk received keeps its first bytes.
+        chunks.entry(index).or_insert(data);
+        Ok(())
+    }
+
+    async fn finish_stream(&self, stream: &StreamSession, put: PutFile<'_>, sent: u64) -> Result<Entry, PortError> {
+        let session = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open
+            .remove(&stream.id);
+        // Assembled like the server does: the chunks it got, the rest from the source.
+        let source = fs::read(put.source).map_err(|e| PortError::Other(Box::new(e)))?;
+        let ours = match (&session, put.target) {
+            (Some((id, chunks)), PutTarget::Replace { id: target }) if *id == target => {
+                let mut data = Vec::with_capacity(source.len());
+                for (i, (index, chunk)) in chunks.iter().enumerate() {
+                    if *index != i as u64 {
+                        break;
+                    }
+                    data.extend_from_slice(chunk);
+                }
+                let have = data.len().min(source.len());
+                data.truncate(have);
+                data.extend_from_slice(&source[have..]);
+                (chunks.len() as u64) >= sent && sha1_bytes(&data) == put.sha1 && data.len() as u64 == put.size
+            }
+            _ => false,
+        };
+        {
+            let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            if ours {
+                s.committed += 1;
+            } else {
+                s.refused += 1;
+            }
+        }
+        // Either way the bytes are now the source's: commit them as a whole upload would.
+        self.put_file(put).await
+    }
+
+    async fn abort_stream(&self, stream: &StreamSession) {
+        let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if s.open.remove(&stream.id).is_some() {
+            s.aborted += 1;
+        }
     }
 
     async fn read(&self, _id: i64, sha1: &str, offset: u64, len: u64) -> Result<Bytes, PortError> {

@@ -15,9 +15,12 @@
 //!   `(sha1, offset, len)` returns the same bytes forever, which is what lets the mount
 //!   cache blocks by `(sha1, block)` without invalidation.
 //! - Times are milliseconds since the Unix epoch.
-//! - The mount never hashes or uploads anything partially: it hands the implementation a
-//!   complete local spool file with its size and SHA-1 ([`PutFile`]), and the call returns
-//!   only once the new content is committed (close-to-open consistency).
+//! - A commit hands the implementation a complete local spool file with its size and
+//!   SHA-1 ([`PutFile`]), and the call returns only once the new content is committed
+//!   (close-to-open consistency). Nothing is visible before that: a file written front
+//!   to back may have had its leading chunks sent while it was written
+//!   ([`RemoteTree::begin_stream`], write-behind), but they become content only through
+//!   [`RemoteTree::finish_stream`], which checks the whole against size and SHA-1.
 
 use std::path::Path;
 
@@ -119,6 +122,16 @@ pub struct PutFile<'a> {
     pub sha1: &'a str,
     /// Modification time to record.
     pub mtime_ms: i64,
+}
+
+/// A write-behind upload in progress: chunks of a file sent while it is still being
+/// written (see [`RemoteTree::begin_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSession {
+    /// The implementation's name for it.
+    pub id: String,
+    /// Length of every chunk but the last.
+    pub chunk_size: u64,
 }
 
 /// What [`RemoteTree::rename`] does when the new name is taken.
@@ -258,6 +271,39 @@ pub trait RemoteTree: Send + Sync + 'static {
     /// Create or replace a file with the content of a local file (see [`PutFile`]).
     /// Creating an empty file is a `put_file` of [`EMPTY_SHA1`], size 0.
     async fn put_file(&self, put: PutFile<'_>) -> Result<Entry, PortError>;
+
+    /// Starts a write-behind upload that will replace the content of file `id`: the mount
+    /// sends the leading chunks of a spool written front to back while it is still being
+    /// written, so that the commit at close has only the tail left to send. `Ok(None)`:
+    /// the implementation has no such thing (the default); the mount then uploads at
+    /// commit with [`RemoteTree::put_file`] alone.
+    async fn begin_stream(&self, id: i64) -> Result<Option<StreamSession>, PortError> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// Sends chunk `index` (0-based: bytes `[index * chunk_size, (index + 1) * chunk_size)`
+    /// of the final content; `data` is that long). Nothing becomes visible.
+    async fn stream_chunk(&self, stream: &StreamSession, index: u64, data: Bytes) -> Result<(), PortError> {
+        let _ = (stream, index, data);
+        Err(PortError::Unsupported)
+    }
+
+    /// Commits `put` (a [`PutTarget::Replace`] of the file the stream was begun for),
+    /// whose chunks `0..sent` went through [`RemoteTree::stream_chunk`] with the bytes
+    /// `put.source` holds now: sends the rest from `put.source` and completes, returning
+    /// only once committed, as `put_file` does. If the chunks sent turn out not to be
+    /// those bytes, or the session was lost, it uploads `put` whole instead.
+    async fn finish_stream(&self, stream: &StreamSession, put: PutFile<'_>, sent: u64) -> Result<Entry, PortError> {
+        let _ = (stream, sent);
+        self.put_file(put).await
+    }
+
+    /// Abandons a write-behind upload (best effort: an implementation may also let it
+    /// expire). Nothing it sent becomes visible.
+    async fn abort_stream(&self, stream: &StreamSession) {
+        let _ = stream;
+    }
 
     /// Create the empty file `name` in `parent` (create(2)), recording `mtime_ms`;
     /// [`PortError::AlreadyExists`] if the name is taken.

@@ -332,6 +332,90 @@ async fn without_a_listing_ttl_every_lookup_asks_the_port() {
     fs.lookup(ROOT_INO, OsStr::new("other")).await.unwrap();
 }
 
+/// A mount whose port takes write-behind uploads in 64 KiB chunks, from 128 KiB on.
+fn setup_streams(spool: &std::path::Path) -> (Arc<MemoryTree>, Fs) {
+    let tree = Arc::new(MemoryTree::new(0, 0));
+    tree.enable_streams(64 << 10);
+    let mut cfg = MountConfig::new(spool);
+    cfg.stream_min = 128 << 10;
+    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    (tree, fs)
+}
+
+/// A file written front to back sends its full chunks while it is written; the commit
+/// sends the tail and completes the session, whose chunks are the file's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_front_to_back_streams_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup_streams(dir.path());
+    let data = pattern((1 << 20) + 1000);
+    let ino = write_file(&fs, "big", &data).await;
+    assert_eq!(tree.content("big").unwrap(), data);
+    let s = tree.stream_stats();
+    assert_eq!(
+        (s.begun, s.committed, s.refused, s.aborted, s.open),
+        (1, 1, 0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.chunks, 16,
+        "every full chunk went through the stream, the tail with the commit"
+    );
+    // Small files are sent whole at close.
+    write_file(&fs, "small", &pattern(100 << 10)).await;
+    assert_eq!(tree.stream_stats().begun, 1);
+    assert_eq!(read_all(&fs, ino, 1 << 20).await, data);
+}
+
+/// A write or truncate below what a stream has sent abandons it: the commit uploads the
+/// file whole, with the new bytes, and never completes a session holding the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_streamed_bytes_abandons_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup_streams(dir.path());
+    let mut model = pattern(512 << 10);
+    let (attr, o) = fs.create(ROOT_INO, OsStr::new("f"), 0o644, RDWR, ME).await.unwrap();
+    for (i, chunk) in model.chunks(64 << 10).enumerate() {
+        fs.write(o.fh, (i << 16) as u64, chunk).await.unwrap();
+    }
+    fs.write(o.fh, 10, b"overwritten").await.unwrap();
+    model[10..21].copy_from_slice(b"overwritten");
+    fs.write(o.fh, model.len() as u64, b"more").await.unwrap();
+    model.extend_from_slice(b"more");
+    fs.flush(o.fh).await.unwrap();
+    assert_eq!(tree.content("f").unwrap(), model);
+    let s = tree.stream_stats();
+    assert_eq!((s.begun, s.committed, s.refused), (1, 0, 0), "{s:?}");
+
+    // Written again from the start: a new stream; then cut below what it sent.
+    fs.setattr(
+        attr.ino,
+        AttrChange {
+            size: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let model = pattern(300 << 10);
+    for (i, chunk) in model.chunks(64 << 10).enumerate() {
+        fs.write(o.fh, (i << 16) as u64, chunk).await.unwrap();
+    }
+    fs.setattr(
+        attr.ino,
+        AttrChange {
+            size: Some(100),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    fs.release(o.fh).await.unwrap();
+    assert_eq!(tree.content("f").unwrap(), &model[..100]);
+    let s = tree.stream_stats();
+    assert_eq!((s.begun, s.committed, s.refused), (2, 0, 0), "{s:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_mount_resumes_its_uploads() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,12 @@
 //! [`RemoteTree`] over the HTTP API: a mount of a user's tree on a remote server, through
 //! the id-based routes (`/api/v1/entries/...`), instant uploads and chunked uploads.
 //!
+//! Write-behind (`begin_stream`): the chunks of a file still being written go into an
+//! open-ended upload session (`POST /uploads` without a size); at commit
+//! (`finish_stream`) the rest is sent and the session completed with the size and SHA-1,
+//! which the server checks against what it assembled. A session the server refuses (lost,
+//! or bytes that are not the file's) is dropped and the file uploaded whole.
+//!
 //! Uploads (`put_file`): the mount hands over a finished spool file and its SHA-1. Files
 //! of `instant_min` bytes or more first try an instant upload (the server asks for a hash
 //! of a random range of the bytes, answered from the spool file); otherwise files under
@@ -21,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use filestore_mount::{
-    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs,
+    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamSession,
 };
 use tracing::{info, warn};
 
@@ -399,6 +405,105 @@ impl RemoteTree for HttpTree {
         };
         let node = self.fix_attrs(node, mode, put.mtime_ms).await?;
         Ok(self.entry(node))
+    }
+
+    async fn begin_stream(&self, id: i64) -> Result<Option<StreamSession>, PortError> {
+        let dest = UploadDest::Entry(id);
+        let s = self
+            .call("starting a write-behind upload", |c| {
+                let dest = &dest;
+                async move { c.upload_open(dest, true).await }
+            })
+            .await?;
+        Ok(Some(StreamSession {
+            id: s.id,
+            chunk_size: s.chunk_size,
+        }))
+    }
+
+    async fn stream_chunk(&self, stream: &StreamSession, index: u64, data: Bytes) -> Result<(), PortError> {
+        let id = stream.id.as_str();
+        self.call("sending a chunk", |c| {
+            let data = data.clone();
+            async move { c.upload_part(id, index + 1, data, None).await }
+        })
+        .await
+    }
+
+    async fn finish_stream(&self, stream: &StreamSession, put: PutFile<'_>, sent: u64) -> Result<Entry, PortError> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let PutTarget::Replace { .. } = put.target else {
+            return Err(PortError::InvalidArgument(
+                "a write-behind upload replaces a file".into(),
+            ));
+        };
+        let cs = stream.chunk_size.max(1);
+        let count = put.size.div_ceil(cs);
+        let id = stream.id.as_str();
+        let sent_rest = futures_util::stream::iter(sent..count)
+            .map(|index| async move {
+                let (offset, len) = (index * cs, cs.min(put.size - index * cs));
+                let path = put.source.to_path_buf();
+                let data = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; len as usize];
+                    std::fs::File::open(path)?.read_exact_at(&mut buf, offset)?;
+                    Ok::<_, std::io::Error>(Bytes::from(buf))
+                })
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))??;
+                self.call_with(&Retry::within(self.opts.retry_for), "sending a chunk", |c| {
+                    let data = data.clone();
+                    async move { c.upload_part(id, index + 1, data, None).await }
+                })
+                .await
+            })
+            .buffer_unordered(self.opts.parallel.max(1))
+            .try_collect::<Vec<()>>()
+            .await;
+        let completed = match sent_rest {
+            Ok(_) => {
+                self.call_with(
+                    &Retry::within(self.opts.retry_for),
+                    "completing the upload",
+                    |c| async move { c.upload_complete_declared::<RemoteNode>(id, put.sha1, put.size).await },
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let node = match completed {
+            Ok(n) => n,
+            // The session is gone (expired, a session store that lost it), or what it
+            // holds is not this file (refused and discarded by the server, or incomplete):
+            // the file goes whole.
+            Err(ClientError::Api { status, ref code, .. })
+                if matches!(
+                    (status, code.as_str()),
+                    (404, "no_such_upload") | (422, _) | (409, "incomplete")
+                ) =>
+            {
+                warn!(
+                    upload = id,
+                    code, "write-behind upload refused; uploading the file whole"
+                );
+                if status == 409 {
+                    let _ = self.current().0.upload_cancel(id).await;
+                }
+                return self.put_file(put).await;
+            }
+            Err(e) => return Err(port_err(e)),
+        };
+        let node = self.fix_attrs(node, None, put.mtime_ms).await?;
+        Ok(self.entry(node))
+    }
+
+    async fn abort_stream(&self, stream: &StreamSession) {
+        // Best effort: an abandoned session also expires and is swept.
+        let id = stream.id.as_str();
+        if let Err(e) = self.current().0.upload_cancel(id).await {
+            tracing::debug!(upload = id, error = %e, "cancelling a write-behind upload failed");
+        }
     }
 
     async fn create_file(&self, parent: i64, name: &str, attrs: NewAttrs, mtime_ms: i64) -> Result<Entry, PortError> {
