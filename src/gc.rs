@@ -1,7 +1,6 @@
 //! Background housekeeping: deleting unreferenced content after its grace period, removing
 //! what a crash left in the staging area, and purging expired tokens.
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::blob::s3::S3Store;
@@ -61,8 +60,8 @@ pub async fn sweep_staging(
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??
     };
-    let root = staging.objects().root().to_path_buf();
-    let candidates = tokio::task::spawn_blocking(move || stale_objects(&root, min_age))
+    let objects = staging.objects().clone();
+    let candidates = tokio::task::spawn_blocking(move || stale_objects(&objects, min_age))
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
     let mut orphans = 0;
@@ -76,20 +75,13 @@ pub async fn sweep_staging(
 }
 
 /// SHA-1s of object files older than `min_age`.
-fn stale_objects(root: &Path, min_age: Duration) -> std::io::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for a in std::fs::read_dir(root)? {
-        for b in std::fs::read_dir(a?.path())? {
-            for f in std::fs::read_dir(b?.path())? {
-                let f = f?;
-                let name = f.file_name().to_string_lossy().into_owned();
-                if crate::blob::is_sha1_hex(&name) && older_than(&f.path(), min_age) {
-                    out.push(name);
-                }
-            }
-        }
-    }
-    Ok(out)
+fn stale_objects(objects: &crate::blob::LocalStore, min_age: Duration) -> std::io::Result<Vec<String>> {
+    Ok(objects
+        .files()?
+        .into_iter()
+        .filter(|(_, path)| older_than(path, min_age))
+        .map(|(sha1, _)| sha1)
+        .collect())
 }
 
 /// What one housekeeping pass did.

@@ -60,14 +60,7 @@ impl Api<'_> {
 }
 
 fn objects_on_disk(s: &TestServer) -> usize {
-    let root = s.running().services().staging.objects().root().to_path_buf();
-    let mut n = 0;
-    for a in std::fs::read_dir(root).unwrap() {
-        for b in std::fs::read_dir(a.unwrap().path()).unwrap() {
-            n += std::fs::read_dir(b.unwrap().path()).unwrap().count();
-        }
-    }
-    n
+    s.running().services().staging.objects().files().unwrap().len()
 }
 
 async fn tree_and_content(backend: Backend) {

@@ -1143,12 +1143,7 @@ fn reads_content_that_lives_in_s3() {
         .unwrap();
     let staged = |b: &[u8]| {
         let h = sha1_hex(b);
-        env.server
-            .data
-            .join("staging/objects")
-            .join(&h[..2])
-            .join(&h[2..4])
-            .join(&h)
+        env.server.data.join("staging/objects").join(&h[..2]).join(&h)
     };
     let in_s3 = |b: &[u8]| {
         let c = env.rt.block_on(meta.content(&sha1_hex(b))).unwrap().unwrap();

@@ -2,7 +2,7 @@
 //!
 //! Uploads are streamed into a temp file under `staging/incoming/` while SHA-1 and SHA-256
 //! are computed ([`Staging::receive`]). When the metadata transaction commits the content,
-//! the temp file is hard-linked to `staging/objects/ab/cd/<sha1>` (if no copy is there yet)
+//! the temp file is hard-linked to `staging/objects/ab/<sha1>` (if no copy is there yet)
 //! and then dropped: content is written once, and never rewritten in place.
 
 mod local;

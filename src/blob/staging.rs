@@ -82,7 +82,7 @@ impl Staging {
         Ok(Staging {
             incoming,
             parts,
-            objects: LocalStore::new(objects),
+            objects: LocalStore::open(objects)?,
         })
     }
 
