@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::{nz, BlockCache, Claimed, IfBusy, ReadAhead, BLOCK_SIZE};
 use crate::dircache::{Cached, DirCache, Fetch};
-use crate::journal::{now_ms, sha1_file, Journal, Pending, RunningSha1};
+use crate::journal::{hash_range, hex, now_ms, sha1_file, Journal, Pending, RunningSha1};
 use crate::port::{
     Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamSession,
     EMPTY_SHA1, NAME_MAX,
@@ -234,9 +234,9 @@ struct Stream {
     cmd: tokio::sync::watch::Sender<StreamCmd>,
     /// The leading bytes announced as final.
     ready: u64,
-    /// The session and how many chunks it got, `0..n`; an error if it failed (then it
-    /// has abandoned its session itself).
-    task: tokio::task::JoinHandle<Result<(StreamSession, u64), PortError>>,
+    /// What the task did; an error if it failed (then it has abandoned its session
+    /// itself).
+    task: tokio::task::JoinHandle<Result<Streamed, PortError>>,
 }
 
 impl Stream {
@@ -246,18 +246,74 @@ impl Stream {
     }
 }
 
-/// The write-behind task: begins a session, then sends each chunk of the spool once the
-/// spool's final bytes cover it, `parallel` at a time, until told to finish or abort.
+/// A write-behind upload that sent all it was asked to.
+struct Streamed {
+    session: StreamSession,
+    /// Chunks `0..sent` went.
+    sent: u64,
+    /// The SHA-1 of the spool's first `hashed` bytes: the task took the running hash over
+    /// and fed it the chunks it read for sending, so that the writes, which wait for
+    /// each other, do not hash them.
+    hasher: sha1::Sha1,
+    hashed: u64,
+}
+
+/// Chunk buffers of write-behind uploads, reused: a fresh multi-MiB allocation is a fresh
+/// mapping (above the allocator's mmap threshold), and faulting in and zeroing its pages
+/// cost as much CPU as reading the chunk into it.
+#[derive(Clone, Default)]
+struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// A pooled buffer lent to a request body; back to the pool when the body is dropped.
+struct PooledBuf(Vec<u8>, BufPool);
+
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let mut pool = lock(&(self.1).0);
+        // As many as are in flight, and one being read.
+        if pool.len() < 4 {
+            pool.push(std::mem::take(&mut self.0));
+        }
+    }
+}
+
+impl BufPool {
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = lock(&self.0).pop().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+}
+
+/// The write-behind task: begins a session, then reads each chunk of the spool once the
+/// spool's final bytes cover it, hashes it in order (continuing `hasher`, which covers
+/// the first `hashed` bytes) and sends it, `parallel` at a time, until told to finish or
+/// abort.
 async fn run_stream(
     port: Arc<dyn RemoteTree>,
     id: i64,
     file: File,
     parallel: usize,
+    (hasher, mut hashed): (sha1::Sha1, u64),
     mut cmd: tokio::sync::watch::Receiver<StreamCmd>,
-) -> Result<(StreamSession, u64), PortError> {
-    let session = port.begin_stream(id).await?.ok_or(PortError::Unsupported)?;
+) -> Result<Streamed, PortError> {
+    use sha1::Digest;
+    // Lent to each chunk's read and given back; only a failed read leaves it out.
+    let mut hasher = Some(hasher);
+    let session = match port.begin_stream(id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(PortError::Unsupported),
+        Err(e) => return Err(e),
+    };
     let cs = session.chunk_size.max(1);
     let file = Arc::new(file);
+    let pool = BufPool::default();
     let mut next = 0u64;
     let mut inflight = tokio::task::JoinSet::new();
     let result = loop {
@@ -267,19 +323,30 @@ async fn run_stream(
             StreamCmd::Finish(n) => (n, true),
             StreamCmd::Abort => break Err(PortError::Other("write-behind abandoned".into())),
         };
-        while next < ready / cs && inflight.len() < parallel.max(1) {
-            let (port, file, session, index) = (port.clone(), file.clone(), session.clone(), next);
-            inflight.spawn(async move {
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; cs as usize];
-                    file.read_exact_at(&mut buf, index * cs).map(|_| Bytes::from(buf))
-                })
-                .await
-                .map_err(|e| PortError::Other(e.to_string().into()))?
-                .map_err(|e| PortError::Other(Box::new(e)))?;
-                port.stream_chunk(&session, index, data).await
-            });
+        if next < ready / cs && inflight.len() < parallel.max(1) {
+            // Read and hashed here, in order; sent concurrently.
+            let (f, p, index, mut h) = (file.clone(), pool.clone(), next, hasher.take().unwrap_or_default());
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = p.take(cs as usize);
+                f.read_exact_at(&mut buf, index * cs)?;
+                let skip = hashed.saturating_sub(index * cs).min(cs) as usize;
+                h.update(&buf[skip..]);
+                Ok::<_, io::Error>((Bytes::from_owner(PooledBuf(buf, p)), h))
+            })
+            .await;
+            let data = match read {
+                Ok(Ok((data, h))) => {
+                    hasher = Some(h);
+                    hashed = hashed.max((index + 1) * cs);
+                    data
+                }
+                Ok(Err(e)) => break Err(PortError::Other(Box::new(e))),
+                Err(e) => break Err(PortError::Other(e.to_string().into())),
+            };
+            let (port, session) = (port.clone(), session.clone());
+            inflight.spawn(async move { port.stream_chunk(&session, index, data).await });
             next += 1;
+            continue;
         }
         if finishing && inflight.is_empty() && next >= ready / cs {
             break Ok(next);
@@ -300,8 +367,18 @@ async fn run_stream(
             }
         }
     };
-    match result {
-        Ok(sent) => Ok((session, sent)),
+    match result.and_then(|sent| {
+        Ok((
+            sent,
+            hasher.ok_or(PortError::Other("write-behind lost its hash".into()))?,
+        ))
+    }) {
+        Ok((sent, hasher)) => Ok(Streamed {
+            session,
+            sent,
+            hasher,
+            hashed,
+        }),
         Err(e) => {
             inflight.abort_all();
             port.abort_stream(&session).await;
@@ -1135,25 +1212,18 @@ impl Fs {
         let Some(sp) = st.spool.as_mut().filter(|s| s.dirty) else {
             return Ok(());
         };
-        let sha1 = match &sp.running {
-            Some(r) => r.finish(&sp.file, sp.size)?,
-            None => sha1_file(&mut sp.file)?,
-        };
-        let path = self.journal.data_path(of.id);
-        let put = PutFile {
-            target: PutTarget::Replace { id: of.id },
-            source: &path,
-            size: sp.size,
-            sha1: &sha1,
-            mtime_ms: sp.explicit_mtime.unwrap_or(sp.mtime_ms),
-        };
         // A stream that is still in step sends what it has ready, then the commit sends
         // the rest; one that failed has abandoned its session, and the spool goes whole.
         let stream = match sp.stream.take() {
             Some(st) if sp.running.is_some() => {
                 let _ = st.cmd.send(StreamCmd::Finish(st.ready));
                 match st.task.await {
-                    Ok(Ok(done)) => Some(done),
+                    Ok(Ok(done)) if done.hashed <= sp.size => Some(done),
+                    Ok(Ok(done)) => {
+                        warn!(id = of.id, "write-behind hashed past the end; uploading the file whole");
+                        self.port.abort_stream(&done.session).await;
+                        None
+                    }
                     Ok(Err(e)) => {
                         debug!(id = of.id, error = %e, "write-behind failed; uploading the file whole");
                         None
@@ -1170,10 +1240,39 @@ impl Fs {
             }
             None => None,
         };
+        let sha1 = match &stream {
+            Some(done) => {
+                let mut hasher = done.hasher.clone();
+                hash_range(&mut hasher, &sp.file, done.hashed, sp.size)?;
+                // Written front to back to the end: later appends go on hashing.
+                if sp.running.as_ref().is_some_and(|r| r.upto() == sp.size) {
+                    sp.running = Some(RunningSha1::resume(hasher.clone(), sp.size));
+                }
+                hex(&sha1::Digest::finalize(hasher))
+            }
+            None => match sp
+                .running
+                .as_ref()
+                .map(|r| r.finish(&sp.file, sp.size))
+                .transpose()?
+                .flatten()
+            {
+                Some(h) => h,
+                None => sha1_file(&mut sp.file)?,
+            },
+        };
+        let path = self.journal.data_path(of.id);
+        let put = PutFile {
+            target: PutTarget::Replace { id: of.id },
+            source: &path,
+            size: sp.size,
+            sha1: &sha1,
+            mtime_ms: sp.explicit_mtime.unwrap_or(sp.mtime_ms),
+        };
         let result = {
             let _permit = self.uploads.acquire().await;
             match &stream {
-                Some((session, sent)) => self.port.finish_stream(session, put, *sent).await,
+                Some(done) => self.port.finish_stream(&done.session, put, done.sent).await,
                 None => self.port.put_file(put).await,
             }
         };
@@ -1366,13 +1465,23 @@ impl Fs {
             }
             return;
         }
-        if upto < self.cfg.stream_min || sp.running.is_none() || !self.streams {
+        if upto < self.cfg.stream_min || !self.streams || !sp.running.as_ref().is_some_and(RunningSha1::is_hashing) {
             return;
         }
         // The task reads the spool through its own descriptor, never under the state lock.
         let Ok(file) = sp.file.try_clone() else { return };
+        let Some(hash) = sp.running.as_mut().and_then(RunningSha1::detach) else {
+            return;
+        };
         let (cmd, rx) = tokio::sync::watch::channel(StreamCmd::Ready(upto));
-        let task = tokio::spawn(run_stream(self.port.clone(), id, file, self.cfg.stream_parallel, rx));
+        let task = tokio::spawn(run_stream(
+            self.port.clone(),
+            id,
+            file,
+            self.cfg.stream_parallel,
+            hash,
+            rx,
+        ));
         sp.stream = Some(Stream { cmd, ready: upto, task });
     }
 

@@ -183,28 +183,54 @@ pub(crate) fn sha1_file(file: &mut File) -> io::Result<String> {
 /// of a file written front to back does not read the whole spool again. The owner must
 /// drop it when bytes below `upto` change (an overwrite, a truncate below `upto`); bytes
 /// past `upto` may change freely (holes, writes out of order): they are read at the end.
+///
+/// Once a write-behind upload reads the spool anyway, it takes the hashing over
+/// ([`RunningSha1::detach`]): writes then only move `upto`, which still says how far the
+/// spool is written front to back.
 #[derive(Clone)]
 pub(crate) struct RunningSha1 {
-    hasher: Sha1,
+    /// `None` once detached.
+    hasher: Option<Sha1>,
     upto: u64,
 }
 
 impl RunningSha1 {
     pub(crate) fn new() -> Self {
         RunningSha1 {
-            hasher: Sha1::new(),
+            hasher: Some(Sha1::new()),
             upto: 0,
+        }
+    }
+
+    /// A running hash of the first `upto` bytes, whose state is `hasher`.
+    pub(crate) fn resume(hasher: Sha1, upto: u64) -> Self {
+        RunningSha1 {
+            hasher: Some(hasher),
+            upto,
         }
     }
 
     /// Takes a write of `data` at `offset`; false if it invalidates the hash.
     pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> bool {
         if offset == self.upto {
-            self.hasher.update(data);
+            if let Some(h) = &mut self.hasher {
+                h.update(data);
+            }
             self.upto += data.len() as u64;
             return true;
         }
         offset > self.upto || data.is_empty()
+    }
+
+    /// Hands the hashing over: the hash of `[0, upto)` so far, and `upto`. `None` if it was
+    /// handed over already.
+    pub(crate) fn detach(&mut self) -> Option<(Sha1, u64)> {
+        Some((self.hasher.take()?, self.upto))
+    }
+
+    /// Whether it still hashes (not detached).
+    pub(crate) fn is_hashing(&self) -> bool {
+        self.hasher.is_some()
     }
 
     /// How many leading bytes of the file the hash covers.
@@ -218,23 +244,31 @@ impl RunningSha1 {
     }
 
     /// The SHA-1 of the first `size` bytes of `file`: the running hash plus what lies
-    /// between `upto` and `size`, read from the file.
-    pub(crate) fn finish(&self, file: &File, size: u64) -> io::Result<String> {
-        use std::os::unix::fs::FileExt;
-        let mut hasher = self.hasher.clone();
-        let mut off = self.upto;
-        let mut buf = vec![0u8; (size.saturating_sub(off)).min(1 << 20) as usize];
-        while off < size {
-            let n = (size - off).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], off)?;
-            hasher.update(&buf[..n]);
-            off += n as u64;
-        }
-        Ok(hex(&hasher.finalize()))
+    /// between `upto` and `size`, read from the file; `None` once detached.
+    pub(crate) fn finish(&self, file: &File, size: u64) -> io::Result<Option<String>> {
+        let Some(hasher) = &self.hasher else { return Ok(None) };
+        let mut hasher = hasher.clone();
+        hash_range(&mut hasher, file, self.upto, size)?;
+        Ok(Some(hex(&hasher.finalize())))
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Feeds bytes `[from, to)` of `file` to `hasher`.
+pub(crate) fn hash_range(hasher: &mut Sha1, file: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut off = from;
+    let mut buf = vec![0u8; (to.saturating_sub(off)).min(1 << 20) as usize];
+    while off < to {
+        let n = (to - off).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], off)?;
+        hasher.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Lowercase hex of a digest.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -321,7 +355,7 @@ mod tests {
         assert!(write(&mut r, 2_000_000, 1000), "a hole");
         let mut f = file.try_clone().unwrap();
         let size = 2_001_000;
-        assert_eq!(r.finish(&f, size).unwrap(), sha1_file(&mut f).unwrap());
+        assert_eq!(r.finish(&f, size).unwrap().unwrap(), sha1_file(&mut f).unwrap());
         assert!(r.keeps(size) && !r.keeps(4999));
         assert!(!r.write(10, &data[10..20]), "an overwrite of hashed bytes");
     }
