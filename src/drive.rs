@@ -3,7 +3,8 @@
 //!
 //! # What an upload leaves behind if the process dies
 //! 1. While the body streams in: a temp file in `staging/incoming/`, nothing in the
-//!    database. The stale sweep removes the temp file.
+//!    database. The temp file is anonymous (`O_TMPFILE`) where the file system allows,
+//!    and goes with the process; otherwise the stale sweep removes it.
 //! 2. After the temp file is complete, before it is linked: the same.
 //! 3. New content only: after the temp file is fsynced and hard-linked into
 //!    `staging/objects/` (directory entries synced too), before the transaction: an object
@@ -11,8 +12,8 @@
 //! 4. Inside the transaction, before the commit: the transaction rolls back, so no row and
 //!    no entry; the object (linked in step 3, or by the transaction itself if a concurrent
 //!    garbage collection removed it meanwhile) is an orphan that the stale sweep removes.
-//! 5. After the commit: the entry is visible and complete; only the temp file is left,
-//!    and the sweep removes it.
+//! 5. After the commit: the entry is visible and complete; only the temp file is left
+//!    (a named one, for the sweep; an anonymous one is gone).
 //!
 //! A dedup hit (the SHA-1 is stored) skips step 3 and compares second hashes instead: the
 //! SHA-256 of the new bytes, and, if nobody has yet, that of the stored bytes, which is

@@ -118,8 +118,12 @@ impl LocalStore {
     }
 
     /// Makes `staged` the stored copy of `sha1` unless one is there already. A hard link is
-    /// atomic and never replaces a file that readers may have open; the temp file keeps its
-    /// own name so that a transaction retry can place it again.
+    /// atomic and never replaces a file that readers may have open; the temp file stays
+    /// as it is, so that a transaction retry can place it again. (An anonymous temp file
+    /// can be linked again only while it has a name: if the copy it was linked to were
+    /// collected before the upload's transaction, this fails with `NotFound` and the
+    /// upload with it. Collection needs the content unreferenced for the whole grace
+    /// period, so that is a race of hours, not of a transaction.)
     ///
     /// The bytes and every directory entry on the way to them are synced before this
     /// returns: the row that points at them commits right after.
@@ -130,7 +134,7 @@ impl LocalStore {
         }
         std::fs::File::open(staged)?.sync_data()?;
         let dir = dest.parent().expect("sharded path has a parent");
-        let linked = match std::fs::hard_link(staged, &dest) {
+        let linked = match link_following(staged, &dest) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // First object of a two-level shard (or a shard directory removed by hand):
                 // create the missing directories, and sync each directory that gained one,
@@ -145,7 +149,7 @@ impl LocalStore {
                 for created in missing {
                     std::fs::File::open(created.parent().expect("has a parent"))?.sync_all()?;
                 }
-                std::fs::hard_link(staged, &dest)
+                link_following(staged, &dest)
             }
             other => other,
         };
@@ -259,6 +263,31 @@ fn read_cached(_: &Path, _: u64, _: u64) -> std::io::Result<Option<bytes::Bytes>
 }
 
 /// 40 lowercase hexadecimal digits.
+/// `link(2)` of `src` to `dest`, following `src` if it is a symbolic link: an anonymous
+/// upload temp file is named `/proc/self/fd/N` (see `staging::Temp`), which must be
+/// followed to reach the file. Never replaces `dest` (`AlreadyExists`).
+fn link_following(src: &Path, dest: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let src = CString::new(src.as_os_str().as_bytes())?;
+    let dest = CString::new(dest.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::AT_FDCWD,
+            dest.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Whether a shard directory of `objects` holds a directory: content stored in the
 /// two-level layout (a store of the current layout has only files in its shards).
 fn has_two_level_shards(objects: &Path) -> std::io::Result<bool> {
