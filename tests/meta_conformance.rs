@@ -308,6 +308,23 @@ async fn content_lifecycle(backend: Backend) {
     let fail = |_: &Content| Err(std::io::Error::other("disk on fire"));
     assert!(meta.gc_collect(&c.sha1, far, &fail).await.is_err());
     assert!(meta.content(&c.sha1).await.unwrap().is_some());
+    // A commit whose placement fails leaves nothing, and the next write goes through (the
+    // failed transaction was rolled back, not left open on the connection).
+    let fresh = content("never placed");
+    let req = CommitFile {
+        owner: u.id,
+        parent: root.id,
+        name: "unplaced".into(),
+        content: fresh.clone(),
+        conflict: Conflict::Fail,
+        mode: 0o644,
+        mtime: None,
+    };
+    assert!(matches!(meta.commit_file(&req, &fail).await, Err(MetaError::Io(_))));
+    assert!(meta.lookup(u.id, root.id, "unplaced").await.unwrap().is_none());
+    assert!(meta.content(&fresh.sha1).await.unwrap().is_none());
+    put(&meta, u.id, root.id, "placed", &fresh).await.unwrap();
+    assert_eq!(refcount(&meta, &fresh).await, 1);
     meta.close().await;
     db.cleanup().await;
 }
@@ -549,6 +566,21 @@ async fn resolution_sees_other_writers(backend: Backend) {
     );
     let c = meta.content(f.sha1.as_deref().unwrap()).await.unwrap().unwrap();
     assert_eq!((c.size, c.refcount), (5, 1));
+    // Listings too, short ones (read on the calling thread) and long ones (blocking pool).
+    for limit in [10, 1000] {
+        let names: Vec<String> = meta
+            .list(u.id, dir.id, "", limit)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["by-id".to_string()], "limit {limit}");
+        assert!(
+            meta.list(u.id + 1, dir.id, "", limit).await.unwrap().is_empty(),
+            "another owner's directory"
+        );
+    }
     assert!(
         meta.entry(u.id + 1, f.id).await.unwrap().is_none(),
         "another owner's id is not there"
@@ -556,6 +588,8 @@ async fn resolution_sees_other_writers(backend: Backend) {
     other.delete(u.id, f.id, false).await.unwrap();
     assert!(meta.entry(u.id, f.id).await.unwrap().is_none());
     assert!(meta.lookup(u.id, dir.id, "by-id").await.unwrap().is_none());
+    assert!(meta.list(u.id, dir.id, "", 10).await.unwrap().is_empty());
+    assert!(meta.list(u.id, dir.id, "", 1000).await.unwrap().is_empty());
     let c = meta.content(f.sha1.as_deref().unwrap()).await.unwrap().unwrap();
     assert_eq!(c.refcount, 0, "the released reference shows at once");
     let now = filestore::meta::now_ms();

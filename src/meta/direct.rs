@@ -154,6 +154,17 @@ impl DirectReads {
 }
 
 impl DirectReads {
+    /// `MetaStore::list`: children of `parent` in byte order of their names, after `after`,
+    /// at most `limit`. Rows are mapped straight into entries: through sqlx's `Any` driver
+    /// each of them was first a row of boxed values and then a message from its thread.
+    pub(super) fn list(&self, owner: i64, parent: i64, after: &str, limit: i64) -> Result<Vec<Entry>, DirectError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(super::tree::LIST_SQL)?;
+            let rows = stmt.query_map((owner, parent, after.as_bytes(), limit), entry_row)?;
+            rows.map(|r| r.map(Entry::from)).collect()
+        })
+    }
+
     /// `MetaStore::entry`: the entry `id` if `owner` owns it.
     pub(super) fn entry(&self, owner: i64, id: i64) -> Result<Option<Entry>, DirectError> {
         const SQL: &str = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");

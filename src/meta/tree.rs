@@ -14,6 +14,17 @@ use super::{
 /// Deletes and id lists are sent in batches of this many placeholders.
 const BATCH: usize = 500;
 
+/// Listings up to this many rows are read on the calling thread (`direct.rs`); longer
+/// ones on the blocking pool, so that a worker is not held for milliseconds.
+const INLINE_LIST: i64 = 64;
+
+/// A page of a directory listing (`MetaStore::list`).
+pub(super) const LIST_SQL: &str = concat!(
+    "SELECT ",
+    entry_cols!(),
+    " FROM entries WHERE owner = ? AND parent = ? AND name > ? ORDER BY name LIMIT ?"
+);
+
 impl MetaStore {
     /// The user's root directory.
     pub async fn root(&self, owner: i64) -> Result<Entry, MetaError> {
@@ -47,12 +58,22 @@ impl MetaStore {
     /// Children of a directory in byte order of their names, after `after` (exclusive),
     /// at most `limit`. One query however large the directory.
     pub async fn list(&self, owner: i64, parent: i64, after: &str, limit: i64) -> Result<Vec<Entry>, MetaError> {
-        let sql = concat!(
-            "SELECT ",
-            entry_cols!(),
-            " FROM entries WHERE owner = ? AND parent = ? AND name > ? ORDER BY name LIMIT ?"
-        );
-        let rows: Vec<EntryRow> = sqlx::query_as(sql)
+        if let Some(direct) = &self.direct {
+            let read = if limit <= INLINE_LIST {
+                direct.list(owner, parent, after, limit)
+            } else {
+                let (direct, after) = (direct.clone(), after.to_string());
+                tokio::task::spawn_blocking(move || direct.list(owner, parent, &after, limit))
+                    .await
+                    .map_err(|e| MetaError::Io(std::io::Error::other(e.to_string())))?
+            };
+            match read {
+                Ok(entries) => return Ok(entries),
+                Err(e) if !e.fall_back() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        let rows: Vec<EntryRow> = sqlx::query_as(LIST_SQL)
             .bind(owner)
             .bind(parent)
             .bind(after.as_bytes().to_vec())
