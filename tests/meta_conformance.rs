@@ -38,17 +38,22 @@ fn no_place(_: &Content) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn put(meta: &MetaStore, owner: i64, parent: i64, name: &str, c: &NewContent) -> Result<Entry, MetaError> {
-    let req = CommitFile {
+/// A commit of `c` as `parent`/`name`, mode 0644, mtime now.
+fn file_req(owner: i64, parent: i64, name: &str, c: &NewContent, conflict: Conflict) -> CommitFile {
+    CommitFile {
         owner,
         parent,
         name: name.into(),
         content: c.clone(),
-        conflict: Conflict::Fail,
+        conflict,
         mode: 0o644,
         mtime: None,
-    };
-    meta.commit_file(&req, &no_place).await
+    }
+}
+
+async fn put(meta: &MetaStore, owner: i64, parent: i64, name: &str, c: &NewContent) -> Result<Entry, MetaError> {
+    meta.commit_file(&file_req(owner, parent, name, c, Conflict::Fail), &no_place)
+        .await
 }
 
 async fn refcount(meta: &MetaStore, c: &NewContent) -> i64 {
@@ -311,15 +316,7 @@ async fn content_lifecycle(backend: Backend) {
     // A commit whose placement fails leaves nothing, and the next write goes through (the
     // failed transaction was rolled back, not left open on the connection).
     let fresh = content("never placed");
-    let req = CommitFile {
-        owner: u.id,
-        parent: root.id,
-        name: "unplaced".into(),
-        content: fresh.clone(),
-        conflict: Conflict::Fail,
-        mode: 0o644,
-        mtime: None,
-    };
+    let req = file_req(u.id, root.id, "unplaced", &fresh, Conflict::Fail);
     assert!(matches!(meta.commit_file(&req, &fail).await, Err(MetaError::Io(_))));
     assert!(meta.lookup(u.id, root.id, "unplaced").await.unwrap().is_none());
     assert!(meta.content(&fresh.sha1).await.unwrap().is_none());

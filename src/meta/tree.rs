@@ -18,6 +18,9 @@ const BATCH: usize = 500;
 /// ones on the blocking pool, so that a worker is not held for milliseconds.
 const INLINE_LIST: i64 = 64;
 
+/// The entry `id` if the owner owns it.
+const ENTRY_BY_ID: &str = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
+
 /// A page of a directory listing (`MetaStore::list`).
 pub(super) const LIST_SQL: &str = concat!(
     "SELECT ",
@@ -41,8 +44,7 @@ impl MetaStore {
         if let Some(found) = self.direct_read(|d| d.entry(owner, id)) {
             return found;
         }
-        let sql = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
-        let row: Option<EntryRow> = sqlx::query_as(sql)
+        let row: Option<EntryRow> = sqlx::query_as(ENTRY_BY_ID)
             .bind(id)
             .bind(owner)
             .fetch_optional(&self.pool)
@@ -533,8 +535,7 @@ async fn upsert_content(c: &mut Tx<'_>, dialect: Dialect, n: &NewContent, now: i
 }
 
 async fn get(c: &mut Tx<'_>, owner: i64, id: i64) -> Result<Option<Entry>, MetaError> {
-    let sql = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
-    let row: Option<EntryRow> = c.opt(sql, args![id, owner]).await?;
+    let row: Option<EntryRow> = c.opt(ENTRY_BY_ID, args![id, owner]).await?;
     Ok(row.map(Entry::from))
 }
 
