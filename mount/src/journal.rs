@@ -3,13 +3,19 @@
 //! Layout of `spool_dir`:
 //! - `lock`: held with `flock` by the one mount using the directory.
 //! - `<id>.data`: the local copy of entry `id` while it is open for writing.
-//! - `<id>.pending`: present while `<id>.data` holds changes not yet committed by the
-//!   port. Written (temp file, rename) when a spool first becomes dirty, removed after the
-//!   commit. Not fsynced: like the spool data it guards against the mount process dying
-//!   (the page cache survives that), not against a power loss, after which only what
-//!   close/fsync committed to the server counts; two fsyncs per written file would cost
-//!   more than the upload of a small one. Its presence is the journal: a restarted mount
-//!   uploads every `<id>.data` that has one, and deletes every other `.data`.
+//! - the journal record of `<id>.data`: present while it holds changes not yet committed
+//!   by the port. Set when a spool first becomes dirty, removed after the commit. It is an
+//!   extended attribute of the data file itself (`user.filestore.pending`), set and removed
+//!   atomically, where the file system has user attributes; elsewhere a file
+//!   `<id>.pending` (written to a temp file, renamed). The attribute costs no file: each
+//!   `.pending` file was one more inode to allocate and free per written file, and with
+//!   the data file's own, they were most of what a small file's close did on this side.
+//!   Not fsynced: like the spool data it guards against the mount process dying (the page
+//!   cache survives that), not against a power loss, after which only what close/fsync
+//!   committed to the server counts; two fsyncs per written file would cost more than the
+//!   upload of a small one. A restarted mount uploads every `<id>.data` that has a record
+//!   (either kind: a `.pending` file of an earlier version counts), and deletes every
+//!   other `.data`.
 //! - `lost/`: pending files whose entry was deleted while the mount was down, kept for the
 //!   user instead of being resurrected in the tree.
 
@@ -56,6 +62,68 @@ pub(crate) struct Journal {
     dir: PathBuf,
     // Held for the life of the mount; closing it releases the flock.
     _lock: File,
+    /// Whether records are extended attributes of the data files (else `.pending` files).
+    xattrs: bool,
+}
+
+/// The extended attribute holding a data file's journal record.
+const PENDING_ATTR: &std::ffi::CStr = c"user.filestore.pending";
+
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(std::ffi::CString::new(path.as_os_str().as_bytes())?)
+}
+
+fn set_attr(path: &Path, value: &[u8]) -> io::Result<()> {
+    let p = c_path(path)?;
+    // SAFETY: NUL-terminated path and name; `value` is valid for `value.len()` bytes.
+    let rc = unsafe { libc::setxattr(p.as_ptr(), PENDING_ATTR.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The attribute's value, `None` if the file has none (or does not exist).
+fn get_attr(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let p = c_path(path)?;
+    // A record is a few dozen bytes ("id=..\nmtime_ms=..\n").
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated path and name; `buf` is valid for `buf.len()` bytes.
+    let n = unsafe { libc::getxattr(p.as_ptr(), PENDING_ATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n >= 0 {
+        buf.truncate(n as usize);
+        return Ok(Some(buf));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODATA) | Some(libc::ENOENT) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+fn remove_attr(path: &Path) -> io::Result<()> {
+    let p = c_path(path)?;
+    // SAFETY: NUL-terminated path and name.
+    let rc = unsafe { libc::removexattr(p.as_ptr(), PENDING_ATTR.as_ptr()) };
+    let e = io::Error::last_os_error();
+    match rc {
+        0 => Ok(()),
+        _ if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOENT)) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// Whether files in `dir` take user extended attributes (tried on `probe`, a file there).
+fn attrs_work(probe: &Path) -> bool {
+    match set_attr(probe, b"probe").and_then(|()| remove_attr(probe)) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(error = %e, "no user extended attributes in the spool dir; journal records are files");
+            false
+        }
+    }
 }
 
 impl Journal {
@@ -76,9 +144,11 @@ impl Journal {
         }
         // Left by earlier versions, which uploaded it for every create.
         let _ = fs::remove_file(dir.join("empty"));
+        let xattrs = attrs_work(&dir.join("lock"));
         Ok(Journal {
             dir: dir.to_owned(),
             _lock: lock,
+            xattrs,
         })
     }
 
@@ -90,8 +160,12 @@ impl Journal {
         self.dir.join(format!("{id}.pending"))
     }
 
-    /// Records that `<id>.data` must be uploaded (atomically: a record is whole or absent).
+    /// Records that `<id>.data` (which exists) must be uploaded, atomically: a record is
+    /// whole or absent.
     pub(crate) fn mark_pending(&self, p: &Pending) -> io::Result<()> {
+        if self.xattrs {
+            return set_attr(&self.data_path(p.id), p.encode().as_bytes());
+        }
         let tmp = self.dir.join(format!("{}.pending.tmp", p.id));
         File::create(&tmp)?.write_all(p.encode().as_bytes())?;
         fs::rename(&tmp, self.pending_path(p.id))
@@ -99,11 +173,15 @@ impl Journal {
 
     /// Whether `<id>.data` holds changes a previous run or a failed commit left.
     pub(crate) fn is_pending(&self, id: i64) -> bool {
-        self.pending_path(id).exists()
+        (self.xattrs && get_attr(&self.data_path(id)).is_ok_and(|a| a.is_some())) || self.pending_path(id).exists()
     }
 
     /// The upload of `id` is committed (or abandoned): forget it.
     pub(crate) fn clear_pending(&self, id: i64) -> io::Result<()> {
+        if self.xattrs {
+            remove_attr(&self.data_path(id))?;
+        }
+        // A record file of an earlier version, or of this mount without attributes.
         match fs::remove_file(self.pending_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -137,15 +215,27 @@ impl Journal {
         }
         for dent in fs::read_dir(&self.dir)? {
             let path = dent?.path();
-            let Some(stem) = path
+            let Some(id) = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".data"))
+                .and_then(|stem| stem.parse::<i64>().ok())
             else {
                 continue;
             };
-            if !stem.parse::<i64>().is_ok_and(|id| pending.iter().any(|p| p.id == id)) {
-                let _ = fs::remove_file(&path);
+            if pending.iter().any(|p| p.id == id) {
+                continue;
+            }
+            let record = if self.xattrs { get_attr(&path)? } else { None };
+            match record
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .and_then(|t| Pending::decode(&t))
+            {
+                Some(p) if p.id == id => pending.push(p),
+                _ => {
+                    let _ = fs::remove_file(&path);
+                }
             }
         }
         pending.sort_by_key(|p| p.id);
@@ -159,6 +249,10 @@ impl Journal {
         let dest = lost.join(format!("{id}-{}", now_ms()));
         fs::rename(self.data_path(id), &dest)?;
         self.clear_pending(id)?;
+        if self.xattrs {
+            // The record went along with the file.
+            remove_attr(&dest)?;
+        }
         Ok(dest)
     }
 }
@@ -320,8 +414,59 @@ mod tests {
             }]
         );
         assert!(!j.data_path(8).exists());
+        assert!(j.is_pending(7));
         j.clear_pending(7).unwrap();
+        assert!(!j.is_pending(7));
         assert!(j.recover().unwrap().is_empty());
+    }
+
+    /// Where the spool dir takes user attributes, a record costs no file; a `.pending`
+    /// file left by an earlier version is still a record, and a record follows a rename
+    /// only as far as `lost/`, where it is dropped.
+    #[test]
+    fn records_are_attributes_and_old_record_files_still_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        if !j.xattrs {
+            eprintln!(
+                "no user attributes on {}: only the file records run",
+                dir.path().display()
+            );
+            return;
+        }
+        fs::write(j.data_path(3), b"three").unwrap();
+        j.mark_pending(&Pending { id: 3, mtime_ms: None }).unwrap();
+        assert!(!j.pending_path(3).exists(), "no record file");
+        assert_eq!(get_attr(&j.data_path(3)).unwrap().as_deref(), Some(&b"id=3\n"[..]));
+        j.mark_pending(&Pending {
+            id: 3,
+            mtime_ms: Some(9),
+        })
+        .unwrap();
+
+        fs::write(j.data_path(4), b"four").unwrap();
+        fs::write(j.pending_path(4), "id=4\n").unwrap();
+        fs::write(j.data_path(5), b"five, committed").unwrap();
+        drop(j);
+
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            j.recover().unwrap(),
+            vec![
+                Pending {
+                    id: 3,
+                    mtime_ms: Some(9)
+                },
+                Pending { id: 4, mtime_ms: None }
+            ]
+        );
+        assert!(!j.data_path(5).exists(), "a data file without a record is swept");
+        let kept = j.move_to_lost(3).unwrap();
+        assert_eq!(fs::read(&kept).unwrap(), b"three");
+        assert_eq!(get_attr(&kept).unwrap(), None);
+        j.clear_pending(4).unwrap();
+        assert!(!j.pending_path(4).exists());
+        assert_eq!(j.recover().unwrap(), vec![]);
     }
 
     #[test]
