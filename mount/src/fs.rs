@@ -1142,12 +1142,7 @@ impl Fs {
         let copy = keep.map_or(e.size, |k| k.min(e.size));
         self.reserve_bytes(copy)?;
         let made = async {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)?;
+            let file = self.journal.create_data(of.id)?;
             let sha1 = e.sha1.as_deref().unwrap_or(EMPTY_SHA1);
             let mut running = RunningSha1::new();
             let mut off = 0;

@@ -18,6 +18,10 @@
 //!   other `.data`.
 //! - `lost/`: pending files whose entry was deleted while the mount was down, kept for the
 //!   user instead of being resurrected in the tree.
+//! - `free/`: emptied spool files kept for the next file opened for writing (at most
+//!   [`FREE_SPOOLS`]): renaming one costs no inode, where a new spool file per written
+//!   file cost one to allocate and one to free. They are truncated before they are moved
+//!   here, so they never hold anyone's data; a new mount empties the directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -64,7 +68,14 @@ pub(crate) struct Journal {
     _lock: File,
     /// Whether records are extended attributes of the data files (else `.pending` files).
     xattrs: bool,
+    /// Emptied spool files in `free/`, ready to become data files.
+    free: std::sync::Mutex<Vec<PathBuf>>,
+    /// Names the next file moved to `free/`.
+    next_free: std::sync::atomic::AtomicU64,
 }
+
+/// Emptied spool files kept for reuse.
+const FREE_SPOOLS: usize = 32;
 
 /// The extended attribute holding a data file's journal record.
 const PENDING_ATTR: &std::ffi::CStr = c"user.filestore.pending";
@@ -145,10 +156,19 @@ impl Journal {
         // Left by earlier versions, which uploaded it for every create.
         let _ = fs::remove_file(dir.join("empty"));
         let xattrs = attrs_work(&dir.join("lock"));
+        // Free spool files of an earlier run are simply dropped.
+        let free = dir.join("free");
+        match fs::remove_dir_all(&free) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::create_dir(&free)?;
         Ok(Journal {
             dir: dir.to_owned(),
             _lock: lock,
             xattrs,
+            free: std::sync::Mutex::new(Vec::new()),
+            next_free: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -188,8 +208,42 @@ impl Journal {
         }
     }
 
+    /// A new, empty `<id>.data`, open for reading and writing: a free spool file renamed,
+    /// or a new file.
+    pub(crate) fn create_data(&self, id: i64) -> io::Result<File> {
+        let path = self.data_path(id);
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(free) = reused {
+            if fs::rename(&free, &path).is_ok() {
+                // Empty already; truncated again in case it is not.
+                return OpenOptions::new().read(true).write(true).truncate(true).open(&path);
+            }
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+    }
+
+    /// Drops `<id>.data` (its record, if any, is cleared already): emptied and kept in
+    /// `free/` while there is room there, else deleted.
     pub(crate) fn remove_data(&self, id: i64) {
-        let _ = fs::remove_file(self.data_path(id));
+        let path = self.data_path(id);
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < FREE_SPOOLS {
+            let n = self.next_free.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dest = self.dir.join("free").join(n.to_string());
+            // Emptied before it moves, so that nothing in `free/` holds data.
+            let emptied = OpenOptions::new().write(true).truncate(true).open(&path).is_ok();
+            if emptied && fs::rename(&path, &dest).is_ok() {
+                free.push(dest);
+                return;
+            }
+        }
+        drop(free);
+        let _ = fs::remove_file(&path);
     }
 
     /// Pending uploads left by a previous run; deletes spool files that had none.
@@ -467,6 +521,39 @@ mod tests {
         j.clear_pending(4).unwrap();
         assert!(!j.pending_path(4).exists());
         assert_eq!(j.recover().unwrap(), vec![]);
+    }
+
+    /// A dropped spool file is emptied and reused for the next one; a reopened journal
+    /// starts with an empty `free/`.
+    #[test]
+    fn spool_files_are_reused_empty() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let mut f = j.create_data(1).unwrap();
+        f.write_all(b"secret bytes").unwrap();
+        let ino = fs::metadata(j.data_path(1)).unwrap().ino();
+        drop(f);
+        j.remove_data(1);
+        assert!(!j.data_path(1).exists());
+        let kept: Vec<_> = fs::read_dir(dir.path().join("free")).unwrap().flatten().collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].metadata().unwrap().len(), 0, "emptied before it is kept");
+
+        let mut g = j.create_data(2).unwrap();
+        assert_eq!(
+            fs::metadata(j.data_path(2)).unwrap().ino(),
+            ino,
+            "the same file, renamed"
+        );
+        let mut got = Vec::new();
+        g.read_to_end(&mut got).unwrap();
+        assert!(got.is_empty(), "nothing of the earlier file");
+        assert_eq!(fs::read_dir(dir.path().join("free")).unwrap().count(), 0);
+        j.remove_data(2);
+        drop(j);
+        let _j = Journal::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("free")).unwrap().count(), 0);
     }
 
     #[test]

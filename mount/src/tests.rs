@@ -52,11 +52,15 @@ async fn close_commits_and_cached_reads_do_not_refetch() {
     let data = pattern(3 * 1024 * 1024 + 123);
     let ino = write_file(&fs, "f", &data).await;
     assert_eq!(tree.content("f").unwrap(), data, "flush returns only after the commit");
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        1,
-        "only the lock remains in the spool"
-    );
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "free")
+        .collect();
+    assert_eq!(left, vec!["lock".to_string()], "only the lock remains in the spool");
+    for kept in std::fs::read_dir(dir.path().join("free")).unwrap() {
+        assert_eq!(kept.unwrap().metadata().unwrap().len(), 0, "a kept spool file is empty");
+    }
 
     let before = tree.read_calls();
     assert_eq!(read_all(&fs, ino, 128 * 1024).await, data);
