@@ -85,6 +85,31 @@ async fn seed_part(
         .status()
 }
 
+/// `PUT /api/v1/uploads/{id}/parts/{index}`: the status.
+async fn v1_part(s: &TestServer, token: &str, id: &str, index: usize, body: Vec<u8>) -> StatusCode {
+    s.http
+        .put(s.url(&format!("/api/v1/uploads/{id}/parts/{index}")))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// `POST /api/v1/uploads/{id}/complete` with `body` (none: no JSON at all).
+async fn v1_complete(s: &TestServer, token: &str, id: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = s
+        .http
+        .post(s.url(&format!("/api/v1/uploads/{id}/complete")))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+}
+
 fn objects(s: &TestServer) -> usize {
     walk(&s.db.dir.path().join("data/staging/objects"))
 }
@@ -577,47 +602,31 @@ async fn sha1_declared_at_complete(backend: Backend, sessions: Sessions) {
     let (sr, tr, dr) = (&s, &t, &data);
     let send_all = move |id: String| async move {
         for i in 1..=3usize {
-            let r = sr
-                .http
-                .put(sr.url(&format!("/api/v1/uploads/{id}/parts/{i}")))
-                .bearer_auth(tr)
-                .body(dr[(i - 1) * CHUNK..(i * CHUNK).min(dr.len())].to_vec())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
+            let chunk = dr[(i - 1) * CHUNK..(i * CHUNK).min(dr.len())].to_vec();
+            assert_eq!(v1_part(sr, tr, &id, i, chunk).await, StatusCode::OK);
         }
         id
     };
-    let complete = |id: &str, body: Option<Value>| {
-        let mut req = s
-            .http
-            .post(s.url(&format!("/api/v1/uploads/{id}/complete")))
-            .bearer_auth(&t);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
     let id = send_all(init().await).await;
-    let (st, v) = complete(&id, None).await;
+    let (st, v) = v1_complete(&s, &t, &id, None).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = complete(&id, Some(json!({"sha1": "xyz"}))).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": "xyz"}))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     // A wrong (well-formed) SHA-1 discards the upload: nothing visible, nothing staged.
-    let (st, v) = complete(&id, Some(json!({"sha1": sha1_hex(b"other bytes")}))).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1_hex(b"other bytes")}))).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert_eq!(complete(&id, None).await.0, StatusCode::NOT_FOUND, "session gone");
+    assert_eq!(
+        v1_complete(&s, &t, &id, None).await.0,
+        StatusCode::NOT_FOUND,
+        "session gone"
+    );
     assert_eq!(parts_files(&s), 0);
     assert_eq!(objects(&s), 0);
 
     let id = send_all(init().await).await;
     let other = init().await;
     assert_ne!(id, other);
-    let (st, v) = complete(&id, Some(json!({"sha1": sha1_hex(&data).to_uppercase()}))).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1_hex(&data).to_uppercase()}))).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["sha1"], sha1_hex(&data));
     let r = s
@@ -639,9 +648,9 @@ async fn sha1_declared_at_complete(backend: Backend, sessions: Sessions) {
         .unwrap();
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let id = send_all(id).await;
-    let (st, v) = complete(&id, Some(json!({"sha1": sha1_hex(b"other bytes")}))).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1_hex(b"other bytes")}))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = complete(&id, Some(json!({"sha1": sha1_hex(&data)}))).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1_hex(&data)}))).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     s.stop().await;
 }
@@ -676,26 +685,7 @@ async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
         assert_eq!(v["chunk_size"], CHUNK);
         v["id"].as_str().unwrap().to_string()
     };
-    let part = |id: &str, index: usize, bytes: Vec<u8>| {
-        let req = s
-            .http
-            .put(s.url(&format!("/api/v1/uploads/{id}/parts/{index}")))
-            .bearer_auth(&t)
-            .body(bytes);
-        async move { req.send().await.unwrap().status() }
-    };
     let chunk = |i: usize| data[(i - 1) * CHUNK..(i * CHUNK).min(data.len())].to_vec();
-    let complete = |id: &str, body: Value| {
-        let req = s
-            .http
-            .post(s.url(&format!("/api/v1/uploads/{id}/complete")))
-            .bearer_auth(&t)
-            .json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
     let visible = || async {
         s.http
             .get(s.url("/api/v1/files/open.bin"))
@@ -712,25 +702,29 @@ async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
     let id = init().await;
     for i in [2, 1, 5] {
         let bytes = if i == 5 { payload(CHUNK, 1) } else { chunk(i) };
-        assert_eq!(part(&id, i, bytes).await, StatusCode::OK);
+        assert_eq!(v1_part(&s, &t, &id, i, bytes).await, StatusCode::OK);
     }
     assert_eq!(
-        part(&id, 3, vec![0; CHUNK + 1]).await,
+        v1_part(&s, &t, &id, 3, vec![0; CHUNK + 1]).await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "longer than a chunk"
     );
-    assert_eq!(part(&id, 3, Vec::new()).await, StatusCode::BAD_REQUEST, "empty");
-    assert_eq!(part(&id, 3, chunk(3)).await, StatusCode::OK);
+    assert_eq!(
+        v1_part(&s, &t, &id, 3, Vec::new()).await,
+        StatusCode::BAD_REQUEST,
+        "empty"
+    );
+    assert_eq!(v1_part(&s, &t, &id, 3, chunk(3)).await, StatusCode::OK);
     assert_eq!(
         visible().await,
         StatusCode::NOT_FOUND,
         "nothing visible before complete"
     );
-    let (st, v) = complete(&id, json!({"sha1": sha1})).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1}))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "the size is required: {v}");
-    let (st, v) = complete(&id, json!({"sha1": sha1, "size": data.len()})).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1, "size": data.len()}))).await;
     assert_eq!(st, StatusCode::CONFLICT, "chunk 4 is missing: {v}");
-    assert_eq!(part(&id, 4, chunk(4)).await, StatusCode::OK);
+    assert_eq!(v1_part(&s, &t, &id, 4, chunk(4)).await, StatusCode::OK);
     let status = s
         .http
         .get(s.url(&format!("/api/v1/uploads/{id}")))
@@ -743,7 +737,7 @@ async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
         .unwrap();
     assert_eq!(status["received"], json!([1, 2, 3, 4, 5]));
     assert_eq!(status["size"], Value::Null);
-    let (st, v) = complete(&id, json!({"sha1": sha1, "size": data.len()})).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1, "size": data.len()}))).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(
         (v["sha1"].as_str(), v["size"].as_u64()),
@@ -770,14 +764,14 @@ async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
         if i == 2 {
             bytes.truncate(100);
         }
-        assert_eq!(part(&id, i, bytes).await, StatusCode::OK);
+        assert_eq!(v1_part(&s, &t, &id, i, bytes).await, StatusCode::OK);
     }
-    let (st, v) = complete(&id, json!({"sha1": sha1, "size": data.len()})).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1, "size": data.len()}))).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(parts_files(&s), 0);
     // An empty file: no chunks at all.
     let id = init().await;
-    let (st, v) = complete(&id, json!({"sha1": sha1_hex(b""), "size": 0})).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1_hex(b""), "size": 0}))).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["size"], 0);
     // A session started with its size refuses another one at completion.
@@ -790,10 +784,16 @@ async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
         .await
         .unwrap();
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    assert_eq!(part(&id, 1, chunk(1)).await, StatusCode::OK);
-    let (st, v) = complete(&id, json!({"sha1": sha1_hex(&chunk(1)), "size": CHUNK + 1})).await;
+    assert_eq!(v1_part(&s, &t, &id, 1, chunk(1)).await, StatusCode::OK);
+    let (st, v) = v1_complete(
+        &s,
+        &t,
+        &id,
+        Some(json!({"sha1": sha1_hex(&chunk(1)), "size": CHUNK + 1})),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = complete(&id, json!({"sha1": sha1_hex(&chunk(1)), "size": CHUNK})).await;
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1_hex(&chunk(1)), "size": CHUNK}))).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     s.stop().await;
 }

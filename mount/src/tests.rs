@@ -31,6 +31,15 @@ async fn write_file(fs: &Fs, name: &str, data: &[u8]) -> u64 {
     attr.ino
 }
 
+/// truncate(2) of `ino` to `size`.
+async fn truncate(fs: &Fs, ino: u64, size: u64) {
+    let change = AttrChange {
+        size: Some(size),
+        ..Default::default()
+    };
+    fs.setattr(ino, change).await.unwrap();
+}
+
 async fn read_all(fs: &Fs, ino: u64, chunk: u32) -> Vec<u8> {
     let o = fs.open(ino, libc::O_RDONLY).await.unwrap();
     let mut out = Vec::new();
@@ -126,15 +135,7 @@ async fn random_writes_truncate_and_append() {
     fs.release(o.fh).await.unwrap();
     assert_eq!(tree.content("f").unwrap(), model);
 
-    fs.setattr(
-        ino,
-        AttrChange {
-            size: Some(5),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    truncate(&fs, ino, 5).await;
     assert_eq!(
         &tree.content("f").unwrap()[..],
         &model[..5],
@@ -392,28 +393,12 @@ async fn changing_streamed_bytes_abandons_the_stream() {
     assert_eq!((s.begun, s.committed, s.refused), (1, 0, 0), "{s:?}");
 
     // Written again from the start: a new stream; then cut below what it sent.
-    fs.setattr(
-        attr.ino,
-        AttrChange {
-            size: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    truncate(&fs, attr.ino, 0).await;
     let model = pattern(300 << 10);
     for (i, chunk) in model.chunks(64 << 10).enumerate() {
         fs.write(o.fh, (i << 16) as u64, chunk).await.unwrap();
     }
-    fs.setattr(
-        attr.ino,
-        AttrChange {
-            size: Some(100),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    truncate(&fs, attr.ino, 100).await;
     fs.release(o.fh).await.unwrap();
     assert_eq!(tree.content("f").unwrap(), &model[..100]);
     let s = tree.stream_stats();
