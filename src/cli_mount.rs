@@ -61,6 +61,25 @@ struct MountOptions {
     /// under the user's cache dir (remote), or the data dir (local), one per mount.
     #[arg(long)]
     spool_dir: Option<PathBuf>,
+    /// Keep whole file contents (of 1 MiB and more) on disk, up to this many bytes (e.g.
+    /// 20GiB; 0 for no disk cache): files written through the mount and files read
+    /// front to back are then read again without the server. As root the kernel reads
+    /// them itself (FUSE passthrough); see docs/SEMANTICS.md.
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    disk_cache: u64,
+    /// Directory of the disk cache. Default: beside the spool directory, named after it
+    /// with `.content` appended.
+    #[arg(long)]
+    disk_cache_dir: Option<PathBuf>,
+    /// Free space the disk cache leaves on its file system: it evicts, or stores
+    /// nothing, rather than go below.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    disk_cache_min_free: u64,
+    /// Serve reads from the disk cache in the mount process, never by kernel passthrough
+    /// (which refuses to open a file for writing while it is open for reading from the
+    /// disk cache).
+    #[arg(long)]
+    no_passthrough: bool,
     /// Most bytes the files open for writing may hold in the spool (ENOSPC beyond).
     #[arg(long, default_value = "10GiB", value_parser = parse_bytes)]
     max_spool_bytes: u64,
@@ -217,6 +236,20 @@ pub async fn run(args: &MountArgs, config: Option<&Path>, data_dir: Option<&Path
     cfg.default_permissions = true;
     cfg.cache_bytes = o.cache_bytes;
     cfg.max_spool_bytes = o.max_spool_bytes;
+    if o.disk_cache > 0 {
+        let dir = match &o.disk_cache_dir {
+            Some(d) => d.clone(),
+            None => {
+                let mut name = spool_dir.file_name().unwrap_or_default().to_owned();
+                name.push(".content");
+                spool_dir.with_file_name(name)
+            }
+        };
+        cfg.disk_cache_dir = Some(dir);
+        cfg.disk_cache_bytes = o.disk_cache;
+        cfg.disk_cache_min_free = o.disk_cache_min_free;
+        cfg.passthrough = !o.no_passthrough;
+    }
     cfg.fs_name = fs_name;
     let mp = mountpoint.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {

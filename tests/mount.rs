@@ -1189,6 +1189,25 @@ fn reads_content_that_lives_in_s3() {
     // Reading moved nothing back to staging.
     assert!(in_s3(&big) && in_s3(&small));
     m.stop();
+
+    // With a disk cache, a content read front to back is kept there, checked against its
+    // SHA-1 (`--disk-cache`, beside the spool by default); small ones are not.
+    let mut m = env.mount("m2", &["--disk-cache", "64MiB", "--cache-bytes", "0"]);
+    let cached = m.spool.with_extension("spool.content").join("objects");
+    assert!(fs::read(m.path("s3/big.bin")).unwrap() == big);
+    assert_eq!(fs::read(m.path("s3/small.txt")).unwrap(), small);
+    let copy = cached.join(sha1_hex(&big));
+    wait_until("the content kept in the disk cache", Duration::from_secs(30), || {
+        copy.exists() && fs::metadata(&copy).unwrap().len() == big.len() as u64
+    });
+    assert_eq!(sha1_hex(&fs::read(&copy).unwrap()), sha1_hex(&big));
+    assert!(!cached.join(sha1_hex(&small)).exists());
+    let f = File::open(m.path("s3/big.bin")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut buf, 7_000_001).unwrap();
+    assert!(buf == big[7_000_001..7_000_001 + (1 << 20)]);
+    drop(f);
+    m.stop();
     env.rt.block_on(meta.close());
 }
 

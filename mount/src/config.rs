@@ -9,6 +9,18 @@ pub struct MountConfig {
     /// Bytes of file content kept in the in-memory block cache (LRU over 128 KiB blocks
     /// keyed by content SHA-1, so it never serves stale data). 0 disables it.
     pub cache_bytes: u64,
+    /// Directory of the disk cache of whole contents (see `docs/SEMANTICS.md`), or `None`
+    /// for no disk cache. Only one mount may use it at a time (a lock file enforces that).
+    pub disk_cache_dir: Option<PathBuf>,
+    /// Most bytes the disk cache holds.
+    pub disk_cache_bytes: u64,
+    /// Free bytes the disk cache leaves on its file system: it evicts, or caches
+    /// nothing, rather than go below.
+    pub disk_cache_min_free: u64,
+    /// Let the kernel read contents in the disk cache itself (FUSE passthrough, Linux 6.9
+    /// and later, needs `CAP_SYS_ADMIN`): reads of such files then never reach the mount.
+    /// Without it they are served by the mount from the disk cache.
+    pub passthrough: bool,
     /// Directory for write-back spool files and the upload journal. It must survive a
     /// restart (not tmpfs) for killed mounts to resume their uploads, and only one mount
     /// may use it at a time (a lock file enforces that).
@@ -56,7 +68,8 @@ pub struct MountConfig {
 }
 
 impl MountConfig {
-    /// Defaults: 256 MiB cache, 10 GiB spool, 4 uploads, 1 s TTLs, 8 MiB read-ahead (1 MiB
+    /// Defaults: 256 MiB cache, no disk cache (10 GiB, leaving 1 GiB free, with passthrough
+    /// when one is set), 10 GiB spool, 4 uploads, 1 s TTLs, 8 MiB read-ahead (1 MiB
     /// in the kernel),
     /// pages of 1000 entries, 100,000 cached directory entries, write-behind from 8 MiB with 2
     /// chunks in flight, 8 threads, owned by the calling user.
@@ -65,6 +78,10 @@ impl MountConfig {
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         MountConfig {
             cache_bytes: 256 << 20,
+            disk_cache_dir: None,
+            disk_cache_bytes: 10 << 30,
+            disk_cache_min_free: 1 << 30,
+            passthrough: true,
             spool_dir: spool_dir.into(),
             max_spool_bytes: 10 << 30,
             max_concurrent_uploads: 4,

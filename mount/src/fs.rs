@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::{nz, BlockCache, Claimed, IfBusy, ReadAhead, BLOCK_SIZE};
 use crate::dircache::{Cached, DirCache, Fetch};
+use crate::disk::{DiskCache, Fill};
 use crate::journal::{hash_range, hex, now_ms, sha1_file, Journal, Pending, RunningSha1};
 use crate::port::{
     Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamSession,
@@ -182,12 +183,15 @@ pub struct DirItem {
 }
 
 /// Result of an open: the handle and whether the kernel may keep its page cache.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Opened {
     /// File handle.
     pub fh: u64,
     /// The content is the one the kernel last cached (same SHA-1): `FOPEN_KEEP_CACHE`.
     pub keep_cache: bool,
+    /// A read-only handle of a content in the disk cache: that file (which the kernel may
+    /// read itself, see `passthrough`) and the content's SHA-1.
+    pub cached: Option<(Arc<File>, String)>,
 }
 
 /// statfs(2) figures.
@@ -218,6 +222,8 @@ struct Spool {
     running: Option<RunningSha1>,
     /// Its write-behind upload, while the bytes it has sent are still the spool's.
     stream: Option<Stream>,
+    /// The SHA-1 the port committed for these bytes, while they are unchanged since.
+    committed: Option<String>,
 }
 
 /// What a write-behind task is told: how many leading bytes of the spool are final (sent
@@ -412,6 +418,10 @@ struct FileHandle {
     writable: bool,
     append: bool,
     ra: Mutex<ReadAhead>,
+    /// The content, whole in the disk cache when this read-only handle was opened.
+    disk: Option<Arc<File>>,
+    /// The disk cache's copy of the content being made from this handle's reads.
+    fill: Mutex<Option<Fill>>,
 }
 
 struct Listing {
@@ -451,6 +461,8 @@ pub struct Fs {
     spool_used: AtomicU64,
     /// Write-behind is on (`stream_min` is not `u64::MAX`).
     streams: bool,
+    /// The disk cache of whole contents, if configured.
+    disk: Option<Arc<DiskCache>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -491,7 +503,16 @@ impl Fs {
     /// A filesystem over `port`, spooling into `cfg.spool_dir` (locked for this mount).
     pub fn new(port: Arc<dyn RemoteTree>, cfg: MountConfig) -> io::Result<Fs> {
         let journal = Journal::open(&cfg.spool_dir)?;
+        let disk = match &cfg.disk_cache_dir {
+            Some(dir) => Some(Arc::new(DiskCache::open(
+                dir,
+                cfg.disk_cache_bytes,
+                cfg.disk_cache_min_free,
+            )?)),
+            None => None,
+        };
         Ok(Fs {
+            disk,
             root: port.root_id(),
             port,
             cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
@@ -511,6 +532,11 @@ impl Fs {
     /// The settings of this mount.
     pub fn config(&self) -> &MountConfig {
         &self.cfg
+    }
+
+    /// A disk cache is configured (and opened).
+    pub fn has_disk_cache(&self) -> bool {
+        self.disk.is_some()
     }
 
     // ---- inode numbers ----
@@ -1002,7 +1028,17 @@ impl Fs {
             }
             self.spool_used.fetch_sub(sp.accounted, Ordering::AcqRel);
             if !sp.dirty {
-                self.journal.remove_data(of.id);
+                let (size, committed) = (sp.size, sp.committed.take());
+                drop(sp);
+                // The bytes just committed are that content: the disk cache takes the file
+                // as it is, and the next read of it needs neither the server nor a copy.
+                let adopted = match (&self.disk, committed) {
+                    (Some(disk), Some(sha1)) => disk.adopt(&sha1, size, &self.journal.data_path(of.id)),
+                    _ => false,
+                };
+                if !adopted {
+                    self.journal.remove_data(of.id);
+                }
             } else {
                 warn!(id = of.id, "closed with an upload still pending; kept in the journal");
             }
@@ -1022,6 +1058,10 @@ impl Fs {
     async fn open_entry(&self, e: Entry, flags: i32) -> Result<Opened> {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let sha1 = e.sha1.clone();
+        let disk = match (&self.disk, &sha1, writable) {
+            (Some(d), Some(s), false) => d.open_content(s, e.size).map(Arc::new),
+            _ => None,
+        };
         let (id, size) = (e.id, e.size);
         let of = self.acquire(e);
         let res = async {
@@ -1058,24 +1098,29 @@ impl Fs {
             // this fetch instead of starting its own (a round trip less per small file,
             // as in `cp -r`). Not when the kernel's pages will serve the reads.
             if let (false, false, Some(sha1)) = (keep_cache, st.spool.is_some(), &sha1) {
-                if size > 0 {
+                if size > 0 && disk.is_none() {
                     self.prefetch(id, sha1, 0, 0);
                 }
             }
-            Ok::<_, FsError>(keep_cache)
+            // A spool (pending changes) is the content, not what the disk cache has.
+            Ok::<_, FsError>((keep_cache, disk.filter(|_| st.spool.is_none())))
         }
         .await;
         match res {
-            Ok(keep_cache) => {
+            Ok((keep_cache, disk)) => {
+                let cached = disk.clone().zip(sha1);
                 let h = FileHandle {
                     file: of,
                     writable,
                     append: flags & libc::O_APPEND != 0,
                     ra: Mutex::new(ReadAhead::new(self.cfg.read_ahead_max)),
+                    disk,
+                    fill: Mutex::new(None),
                 };
                 Ok(Opened {
                     fh: self.insert_handle(Handle::File(Arc::new(h))),
                     keep_cache,
+                    cached,
                 })
             }
             Err(err) => {
@@ -1131,6 +1176,7 @@ impl Fs {
                     explicit_mtime: None,
                     running: None,
                     stream: None,
+                    committed: None,
                 });
                 let mut sh = lock(&of.shadow);
                 sh.spool_size = Some(size);
@@ -1173,6 +1219,7 @@ impl Fs {
                     explicit_mtime: None,
                     running: Some(running),
                     stream: None,
+                    committed: None,
                 });
                 lock(&of.shadow).spool_size = Some(copy);
                 Ok(())
@@ -1194,6 +1241,7 @@ impl Fs {
             sp.journaled = true;
         }
         sp.dirty = true;
+        sp.committed = None;
         sp.mtime_ms = now_ms();
         sp.explicit_mtime = None;
         let mut sh = lock(&of.shadow);
@@ -1275,6 +1323,7 @@ impl Fs {
             Ok(e) => {
                 debug!(id = of.id, size = sp.size, sha1, "committed");
                 self.dirs.put(&e);
+                sp.committed = Some(sha1.clone());
                 lock(&self.kept).put(of.id, sha1);
                 let mut sh = lock(&of.shadow);
                 sh.entry = e;
@@ -1309,8 +1358,29 @@ impl Fs {
             return Ok(Bytes::new());
         }
         let end = (offset + size as u64).min(file_size);
+        if let Some(file) = &h.disk {
+            let mut buf = vec![0u8; (end - offset) as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            return Ok(Bytes::from(buf));
+        }
         let want = lock(&h.ra).advance(offset, end);
-        self.read_content(h.file.id, &sha1, file_size, offset, end, want).await
+        if offset == 0 {
+            if let Some(disk) = &self.disk {
+                let mut fill = lock(&h.fill);
+                if fill.is_none() {
+                    *fill = disk.start_fill(&sha1, file_size);
+                }
+            }
+        }
+        let data = self
+            .read_content(h.file.id, &sha1, file_size, offset, end, want)
+            .await?;
+        let mut fill = lock(&h.fill);
+        if fill.as_ref().is_some_and(|f| !f.offer(offset, data.clone())) {
+            // Behind or failed: given up, not waited for.
+            *fill = None;
+        }
+        Ok(data)
     }
 
     /// Bytes `[offset, end)` of content `sha1`, fetching missing blocks plus read-ahead up

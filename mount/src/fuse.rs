@@ -6,12 +6,12 @@
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, instrument, warn};
 
 use crate::fs::{time_to_ms, Attr, AttrChange, Caller, Fs, FsError};
+use crate::iomode::{Choice, IoModes};
 use crate::port::EntryKind;
 
 /// The fuser `Filesystem` of a mount.
@@ -27,12 +28,26 @@ pub(crate) struct FuseFs {
     rt: Handle,
     ttl: Duration,
     entry_ttl: Duration,
+    /// The kernel took passthrough at init, and registering backing files works so far.
+    passthrough: std::sync::atomic::AtomicBool,
+    modes: Mutex<IoModes<BackingId>>,
 }
 
 impl FuseFs {
     pub(crate) fn new(fs: Arc<Fs>, rt: Handle) -> Self {
         let (ttl, entry_ttl) = (fs.config().attr_ttl, fs.config().entry_ttl);
-        FuseFs { fs, rt, ttl, entry_ttl }
+        FuseFs {
+            fs,
+            rt,
+            ttl,
+            entry_ttl,
+            passthrough: false.into(),
+            modes: Mutex::new(IoModes::default()),
+        }
+    }
+
+    fn modes(&self) -> std::sync::MutexGuard<'_, IoModes<BackingId>> {
+        self.modes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn run<T>(&self, fut: impl Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
@@ -108,6 +123,15 @@ impl Filesystem for FuseFs {
         let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         if let Err(missing) = config.add_capabilities(plus) {
             debug!(?missing, "kernel lacks readdirplus");
+        }
+        // Files of the disk cache are read by the kernel itself. Stack depth 1: the
+        // backing files must be on a plain file system (not overlayfs), and this mount
+        // can still be the lower layer of one.
+        if self.fs.config().passthrough && self.fs.has_disk_cache() {
+            let ok =
+                config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+            debug!(ok, "passthrough to the disk cache");
+            self.passthrough.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
@@ -236,9 +260,42 @@ impl Filesystem for FuseFs {
 
     #[instrument(level = "debug", skip_all, fields(req = req.unique().0, ino = ino.0, flags = flags.0))]
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.run(self.fs.open(ino.0, flags.0)) {
-            Ok(o) => reply.opened(FileHandle(o.fh), fopen(o.keep_cache)),
-            Err(e) => reply.error(e),
+        let o = match self.run(self.fs.open(ino.0, flags.0)) {
+            Ok(o) => o,
+            Err(e) => return reply.error(e),
+        };
+        let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let through = self.passthrough.load(std::sync::atomic::Ordering::Relaxed);
+        let content = o.cached.as_ref().filter(|_| through);
+        let mut modes = self.modes();
+        let register = || {
+            let (file, _) = content?;
+            reply
+                .open_backing(file.as_ref())
+                .map_err(|e| {
+                    // Not permitted (no CAP_SYS_ADMIN) or not possible here: the mount
+                    // serves these reads itself from now on.
+                    warn!(error = %e, "kernel passthrough unavailable; reading the disk cache in the mount");
+                    self.passthrough.store(false, std::sync::atomic::Ordering::Relaxed);
+                })
+                .ok()
+        };
+        let (choice, backing) = modes.open(ino.0, o.fh, writable, content.map(|(_, s)| s.as_str()), register);
+        match (choice, backing) {
+            (Choice::Passthrough { direct }, Some(id)) => {
+                let flags = if direct {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened_passthrough(FileHandle(o.fh), flags, id)
+            }
+            (Choice::Busy, _) => {
+                drop(modes);
+                let _ = self.run(self.fs.release(o.fh));
+                reply.error(Errno::ETXTBSY)
+            }
+            _ => reply.opened(FileHandle(o.fh), fopen(o.keep_cache)),
         }
     }
 
@@ -298,7 +355,10 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.run(self.fs.release(fh.0)) {
+        let res = self.run(self.fs.release(fh.0));
+        // Closes the backing file of the inode's last passthrough handle.
+        drop(self.modes().release(fh.0));
+        match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -440,13 +500,16 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         match self.run(self.fs.create(parent.0, name, mode, flags, caller(req))) {
-            Ok((a, o)) => reply.created(
-                &self.entry_ttl,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(o.fh),
-                fopen(o.keep_cache),
-            ),
+            Ok((a, o)) => {
+                self.modes().created(a.ino, o.fh);
+                reply.created(
+                    &self.entry_ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    fopen(o.keep_cache),
+                )
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -25,8 +25,10 @@
 mod cache;
 mod config;
 mod dircache;
+mod disk;
 mod fs;
 mod fuse;
+mod iomode;
 mod journal;
 #[cfg(feature = "memory")]
 #[doc(hidden)]

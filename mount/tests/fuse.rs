@@ -312,3 +312,84 @@ fn kernel_read_ahead_is_configured() {
     let m = TestMount::with(|c| c.kernel_read_ahead = 0);
     assert_eq!(kernel_read_ahead_kb(&m.mnt), 128, "the kernel's default for FUSE");
 }
+
+fn cached_objects(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(dir.join("objects"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[test]
+fn disk_cache_serves_what_was_written_and_what_was_read() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_owned();
+    // No block cache: every read that the disk cache does not serve reaches the port.
+    let m = TestMount::with(|c| {
+        c.disk_cache_dir = Some(dir.clone());
+        c.cache_bytes = 0;
+    });
+    let data = pattern(3 << 20);
+    fs::write(m.path("f"), &data).unwrap();
+    wait_until("the writer's release", Duration::from_secs(10), || {
+        no_spool_data(&m.spool)
+    });
+    assert_eq!(
+        cached_objects(&dir).len(),
+        1,
+        "the committed spool moved into the cache"
+    );
+
+    let before = m.tree.read_calls();
+    let f = File::open(m.path("f")).unwrap();
+    drop_page_cache(&f);
+    assert_eq!(read_from_start(&f), data);
+    assert_eq!(m.tree.read_calls(), before, "served from the disk cache");
+    // As root the kernel reads the cache's file itself (passthrough), and then refuses a
+    // writer while the reader is open, as documented.
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let w = OpenOptions::new().write(true).open(m.path("f"));
+    if root {
+        assert_eq!(errno_of(w), libc::ETXTBSY);
+    } else {
+        drop(w.unwrap());
+    }
+    drop(f);
+    // The reader's release reaches the mount on the kernel's time.
+    wait_until("the reader's release", Duration::from_secs(10), || {
+        OpenOptions::new().write(true).open(m.path("f")).is_ok()
+    });
+
+    // A new content replaces the old one for new readers.
+    let mut data2 = pattern(2 << 20);
+    data2[12345] ^= 0xff;
+    fs::write(m.path("f"), &data2).unwrap();
+    wait_until("the writer's release", Duration::from_secs(10), || {
+        no_spool_data(&m.spool)
+    });
+    assert_eq!(cached_objects(&dir).len(), 2);
+    let f = File::open(m.path("f")).unwrap();
+    assert_eq!(read_from_start(&f), data2);
+    drop(f);
+
+    // Files removed from the cache by hand are fetched again, and a content read front to
+    // back is kept (checked against its SHA-1): the next reader needs no fetch.
+    for p in cached_objects(&dir) {
+        fs::remove_file(p).unwrap();
+    }
+    let f = File::open(m.path("f")).unwrap();
+    drop_page_cache(&f);
+    let before = m.tree.read_calls();
+    assert_eq!(read_from_start(&f), data2);
+    assert!(m.tree.read_calls() > before, "fetched from the port");
+    drop(f);
+    wait_until("the content filled into the cache", Duration::from_secs(10), || {
+        cached_objects(&dir).len() == 1
+    });
+    let before = m.tree.read_calls();
+    let f = File::open(m.path("f")).unwrap();
+    drop_page_cache(&f);
+    assert_eq!(read_from_start(&f), data2);
+    assert_eq!(m.tree.read_calls(), before, "served from the disk cache");
+}
