@@ -12,8 +12,10 @@ Each round, every phase runs on every target, the target order rotating from rou
           also reported, untimed for the figure, as "until the backend has it").
   cold    the file read back in 1 MiB reads after dropping the kernel's pages of it
           (posix_fadvise DONTNEED on the file in the mount; on the local disk that means a
-          real disk read). The mounts' own caches do not hold it (fresh content).
-  warm    read again at once (kernel page cache, filestore's block cache).
+          real disk read). Both mounts keep the file they just wrote in a local disk cache
+          (rclone's VFS cache; filestore's --disk-cache, unless BENCH_MOUNT_DISK_CACHE=0),
+          whose pages the kernel may still hold.
+  warm    read again at once (kernel page cache, filestore's block or disk cache).
   small   N files of 4 KiB (distinct content) created one by one in a new directory
           (open, write, close), then stat'ed, then unlinked; files/s for each step.
   cp      `cp -r` of a source tree into the target, then `cp -r` of that copy out to the
@@ -216,6 +218,7 @@ def main():
     ap.add_argument("--large-mib", type=int, default=1024)
     ap.add_argument("--small-count", type=int, default=10000)
     ap.add_argument("--cache-mib", type=int, required=True, help="filestore mount's --cache-bytes")
+    ap.add_argument("--disk-cache", default="0", help="filestore mount's --disk-cache")
     ap.add_argument("--info", default="", help="JSON object of run facts shown in the report")
     a = ap.parse_args()
 
@@ -386,9 +389,9 @@ def render(a, targets, by, R, rss, hwm, verified, tree_files, tree_bytes, elapse
     L.append("")
     L.append("%d rounds, target order rotating each round; figures are medians over rounds, (min–max) in "
              "brackets; ratios are medians of per-round ratios. MB = 10^6 bytes. filestore: `filestore mount "
-             "--server` (block cache %d MiB) against `filestore serve` on its embedded default; rclone: `rclone "
-             "mount --vfs-cache-mode writes` over a local directory; local: the disk under the work dir (%s)."
-             % (a.rounds, a.cache_mib, info.get("work_fs", "?")))
+             "--server` (block cache %d MiB, disk cache %s) against `filestore serve` on its embedded default; "
+             "rclone: `rclone mount --vfs-cache-mode writes` over a local directory; local: the disk under the "
+             "work dir (%s)." % (a.rounds, a.cache_mib, a.disk_cache, info.get("work_fs", "?")))
     L.append("")
     L.append("| measurement | filestore | rclone | local disk | filestore / rclone | filestore / local | target | met? |")
     L.append("|---|---|---|---|---|---|---|---|")
@@ -459,9 +462,12 @@ def render(a, targets, by, R, rss, hwm, verified, tree_files, tree_bytes, elapse
     L.append("## How it was measured")
     L.append("")
     L.append("- filestore: `filestore serve` (SQLite and content under its data dir on %s) and `filestore mount "
-             "--server http://127.0.0.1:PORT --user bench --password-file F --cache-bytes %dMiB --spool-dir "
-             "DIR MNT` (spool on the same disk), as deployed; every close of a written file returns once the "
-             "server has committed it." % (info.get("work_fs", "?"), a.cache_mib))
+             "--server http://127.0.0.1:PORT --user bench --password-file F --cache-bytes %dMiB --disk-cache %s "
+             "--spool-dir DIR MNT` (spool and disk cache on the same disk), as deployed; every close of a "
+             "written file returns once the server has committed it. With a disk cache, a committed file of "
+             "1 MiB or more stays there, and the kernel reads it from there (FUSE passthrough, as root), as "
+             "rclone reads its written files from its VFS cache."
+             % (info.get("work_fs", "?"), a.cache_mib, a.disk_cache))
     L.append("- rclone %s: `rclone mount --vfs-cache-mode writes --cache-dir DIR --rc BACKING MNT` (defaults "
              "otherwise: uploads 5 s after close, in the background); backing dir and cache on the same disk. "
              "Its \"until the backend has it\" figures add the wait for `vfs/stats` to show no queued or "

@@ -20,6 +20,8 @@
 #      BENCH_TMPDIR          where data dirs, spools and mountpoints go (default $TMPDIR or /tmp;
 #                            a real disk: it is also the "local disk" measured)
 #      BENCH_MOUNT_CACHE_MIB filestore mount's block cache (--cache-bytes, default 256)
+#      BENCH_MOUNT_DISK_CACHE filestore mount's disk cache (--disk-cache, default 4GiB; 0 for none).
+#                            rclone's --vfs-cache-mode writes keeps written files on disk too.
 #      BENCH_TREE            directory copied with cp -r (default: this repo's tracked files at
 #                            HEAD plus the tokio crate's source from the cargo registry, if present)
 #      BENCH_LARGE_MIB, BENCH_SMALL_COUNT, BENCH_ROUNDS, BENCH_QUIET_WAIT
@@ -37,6 +39,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 LARGE_MIB=${BENCH_LARGE_MIB:-1024}
 SMALL_COUNT=${BENCH_SMALL_COUNT:-10000}
 CACHE_MIB=${BENCH_MOUNT_CACHE_MIB:-256}
+DISK_CACHE=${BENCH_MOUNT_DISK_CACHE:-4GiB}
 PORT_BASE=${BENCH_PORT_BASE:-38500}
 BUILD=1
 [ -n "${FILESTORE_BIN:-}" ] && BUILD=0
@@ -151,12 +154,13 @@ log "filestore serve pid $PID_SERVER on 127.0.0.1:$PORT_FS (data $FS_DIR)"
 echo "$USER_PASS" >"$WORK/password"
 chmod 600 "$WORK/password"
 HOME=$WORK "$FILESTORE_BIN" mount --server "http://127.0.0.1:$PORT_FS" --user "$USER_NAME" \
-  --password-file "$WORK/password" --cache-bytes "${CACHE_MIB}MiB" --spool-dir "$WORK/spool" "$MNT_FS" \
+  --password-file "$WORK/password" --cache-bytes "${CACHE_MIB}MiB" --disk-cache "$DISK_CACHE" \
+  --spool-dir "$WORK/spool" "$MNT_FS" \
   >>"$WORK/filestore-mount.log" 2>&1 &
 PID_FSM=$!
 PIDS+=("$PID_FSM")
 wait_for "$PID_FSM" "filestore mount" is_mounted "$MNT_FS"
-log "filestore mount pid $PID_FSM at $MNT_FS (cache ${CACHE_MIB} MiB)"
+log "filestore mount pid $PID_FSM at $MNT_FS (cache ${CACHE_MIB} MiB, disk cache $DISK_CACHE)"
 
 # ------------------------------------------------------------------ rclone mount over a local dir
 RCLONE_CONFIG=/dev/null rclone mount --vfs-cache-mode writes --cache-dir "$WORK/rclone-cache" \
@@ -204,7 +208,7 @@ OUT=${BENCH_MOUNT_OUT:-$HERE/results/mount-$(date +%Y-%m-%d-%H%M).md}
 rc=0
 python3 "$HERE/mount.py" --targets "$WORK/targets.json" --src-dir "$SRC" --tree "$TREE" --work-dir "$WORK/out" \
   --out "$OUT" --rounds "$ROUNDS" --large-mib "$LARGE_MIB" --small-count "$SMALL_COUNT" --cache-mib "$CACHE_MIB" \
-  --info "$INFO" || rc=$?
+  --disk-cache "$DISK_CACHE" --info "$INFO" || rc=$?
 
 for pid in "${PIDS[@]}"; do
   kill -0 "$pid" 2>/dev/null || { log "pid $pid is gone after the run"; rc=1; }
