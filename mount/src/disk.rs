@@ -115,12 +115,7 @@ impl DiskCache {
         Self::open_with(dir, max_bytes, min_free, Box::new(free_bytes))
     }
 
-    pub(crate) fn open_with(
-        dir: &Path,
-        max_bytes: u64,
-        min_free: u64,
-        free: FreeSpace,
-    ) -> io::Result<DiskCache> {
+    pub(crate) fn open_with(dir: &Path, max_bytes: u64, min_free: u64, free: FreeSpace) -> io::Result<DiskCache> {
         fs::create_dir_all(dir)?;
         let lock_file = OpenOptions::new()
             .create(true)
