@@ -14,8 +14,19 @@ Basic auth on every request. Each round, with the server order rotating from rou
   wrkget    GET of those files round-robin by wrk (C client, 2 threads, 16 connections, fixed time);
   wrkput    PUT of new unique 4 KiB random files by wrk (bench/wrk_put.lua) into a new subcollection.
 
-Everything is deleted after the last round (untimed), not in between: on an ext4 mounted with
-`discard`, freeing a gigabyte or thousands of files slows the next server's writes.
+Everything is deleted after the last round (untimed), not in between: freeing thousands of files
+slows the next server's file creations (see below; `discard` on this machine's ext4 adds to it).
+
+Before the first round, everything is written back (`sync`) and the run waits BENCH_INODE_SETTLE
+seconds (default 61). This machine's / is ext4 without a journal, and there ext4 does not reuse an
+inode freed less than 60 s ago (5 minutes while its inode table block is dirty): each new file's
+allocation scans past every such inode of its block group from the start, looking up each one's
+inode table block (recently_deleted() in fs/ext4/ialloc.c). After a mass delete (the previous
+run's cleanup, another benchmark's, a test suite's temp dirs), creating a file cost about five
+times the kernel CPU for that minute (0.20 against 0.04 ms per file, 16 threads creating 4 KiB
+files; `perf` had 22-40 % of filestore's samples in find_inode_bit/recently_deleted), and the
+server measured first paid it: in round 1 that is always filestore. A server's own run deletes
+nothing, so once is enough. Deletes by other processes during the run (a test suite) still count.
 
 `sync` runs before each server's 1 GiB PUT and before each of its 4 KiB PUT loads, so that no
 server starts while the previous one's dirty pages are still being written back.
@@ -215,6 +226,14 @@ def main():
     fs = next(t for t in targets if t["kind"] == "filestore")
     all_pids = lambda: [p for t in targets for p in tree_pids(t)]  # noqa: E731
     started = time.time()
+
+    settle = float(os.environ.get("BENCH_INODE_SETTLE", "61"))
+    if settle > 0:
+        # See the module doc: inodes freed before the run must be past ext4's "recently
+        # deleted" window before any server creates files, whichever server comes first.
+        log("sync, then %.0f s for inodes freed before the run to become reusable" % settle)
+        os.sync()
+        time.sleep(settle)
 
     idle0 = {t["name"]: sum(core.status_kib(p, "VmRSS") for p in tree_pids(t)) / 1024 for t in targets}
     m0 = metrics(fs)

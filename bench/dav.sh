@@ -23,6 +23,9 @@
 #      BENCH_TMPDIR          where the servers' data dirs go (default $TMPDIR or /tmp; a real disk)
 #      BENCH_LARGE_MIB, BENCH_SMALL_COUNT, BENCH_CONCURRENCY, BENCH_WRK_SECONDS, BENCH_ROUNDS
 #      BENCH_QUIET_WAIT      seconds to wait for a quiet machine before each round (default 30)
+#      BENCH_INODE_SETTLE    seconds to wait after a sync before the first round, so that inodes
+#                            freed just before (an earlier run's cleanup) no longer slow file
+#                            creation on ext4 without a journal (default 61; see dav.py)
 #      BENCH_DAV_OUT         report file (default bench/results/dav-<date>.md)
 #      BENCH_BINARY_NOTE     how the report describes the binary (bench/run-all.sh sets it)
 #      BENCH_COMMIT_NOTE     what the report says was built (bench/run-all.sh --commit sets it)
