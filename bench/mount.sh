@@ -25,6 +25,9 @@
 #      BENCH_TREE            directory copied with cp -r (default: this repo's tracked files at
 #                            HEAD plus the tokio crate's source from the cargo registry, if present)
 #      BENCH_LARGE_MIB, BENCH_SMALL_COUNT, BENCH_ROUNDS, BENCH_QUIET_WAIT
+#      BENCH_INODE_SETTLE    seconds to wait after a sync before the first round (default 61): ext4
+#                            without a journal does not reuse inodes freed in the last minute, and
+#                            scans past each one on every file creation
 #      BENCH_MOUNT_OUT       report file (default bench/results/mount-<date>.md)
 #      BENCH_BINARY_NOTE     how the report describes the binary (bench/run-all.sh sets it)
 #      BENCH_COMMIT_NOTE     what the report says was built (bench/run-all.sh --commit sets it)
