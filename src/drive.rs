@@ -137,7 +137,7 @@ impl Drive {
         E: std::fmt::Display,
     {
         self.check_target(user, &target).await?;
-        let staged = self.staging.receive(body, self.max_upload).await?;
+        let mut staged = self.staging.receive(body, self.max_upload).await?;
         failpoint("upload.staged");
         let mut content = NewContent {
             sha1: staged.sha1.clone(),
@@ -158,12 +158,24 @@ impl Drive {
                 crate::metrics::add(&m.dedup_bytes_saved, staged.size);
             }
             _ => {
+                // The staged file goes to the blocking thread and comes back: its open
+                // descriptor is what gets synced (see `LocalStore::place_open`), and it
+                // stays open until the link is made even if this request is dropped
+                // meanwhile (a client that went away). Were it dropped here, its number
+                // could be reused by another upload's temp file before the link, and
+                // `/proc/self/fd/N` would then link that file's bytes under this SHA-1.
+                // If placing fails, it is dropped there, and its temp file with it.
                 let objects = self.staging.objects().clone();
-                let (sha1, path) = (staged.sha1.clone(), staged.path().to_path_buf());
-                tokio::task::spawn_blocking(move || objects.place(&sha1, &path))
-                    .await
-                    .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
-                    .map_err(BlobError::from)?;
+                staged = tokio::task::spawn_blocking(move || {
+                    match staged.file() {
+                        Some(file) => objects.place_open(&staged.sha1, staged.path(), file)?,
+                        None => objects.place(&staged.sha1, staged.path())?,
+                    }
+                    Ok::<_, std::io::Error>(staged)
+                })
+                .await
+                .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+                .map_err(BlobError::from)?;
                 failpoint("upload.linked");
             }
         }

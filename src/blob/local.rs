@@ -127,12 +127,34 @@ impl LocalStore {
     ///
     /// The bytes and every directory entry on the way to them are synced before this
     /// returns: the row that points at them commits right after.
+    ///
+    /// If the process dies here: before the link, nothing is named (the temp file is the
+    /// caller's); after the link but before the directory sync, a complete file (its
+    /// bytes were synced first) whose name a power cut may lose; either way no row points
+    /// at it yet, and an object without a row is an orphan for the stale sweep.
     pub fn place(&self, sha1: &str, staged: &Path) -> std::io::Result<()> {
+        self.place_with(sha1, staged, None)
+    }
+
+    /// [`place`](Self::place) for a temp file the caller holds open as `open` (an
+    /// anonymous upload temp file): its bytes are synced through that descriptor, not
+    /// through one opened again by path. For an anonymous file the path is
+    /// `/proc/self/fd/N`, and that open is a walk through procfs on every upload.
+    pub fn place_open(&self, sha1: &str, staged: &Path, open: &std::fs::File) -> std::io::Result<()> {
+        self.place_with(sha1, staged, Some(open))
+    }
+
+    fn place_with(&self, sha1: &str, staged: &Path, open: Option<&std::fs::File>) -> std::io::Result<()> {
         let dest = self.path(sha1);
         if dest.is_file() {
             return Ok(());
         }
-        std::fs::File::open(staged)?.sync_data()?;
+        // Synced before it is linked, so that a file named by its SHA-1 is always
+        // complete: a later upload of the same bytes finds it and does not store them.
+        match open {
+            Some(file) => file.sync_data()?,
+            None => std::fs::File::open(staged)?.sync_data()?,
+        }
         let dir = dest.parent().expect("sharded path has a parent");
         let linked = match link_following(staged, &dest) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -392,6 +414,35 @@ mod tests {
         let mut names: Vec<String> = store.files().unwrap().into_iter().map(|(n, _)| n).collect();
         names.sort();
         assert_eq!(names, vec![A.to_string(), B.to_string()]);
+    }
+
+    /// A temp file held open and anonymous (how uploads arrive on Linux) is synced through
+    /// its descriptor and linked under its SHA-1 with the bytes it was written with; placing
+    /// the same content again changes nothing.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_open_anonymous_temp_file_is_placed() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let objects = dir.path().join("objects");
+        std::fs::create_dir(&objects).unwrap();
+        let store = LocalStore::open(objects.clone()).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir.path())
+            .unwrap();
+        file.write_all(b"anonymous bytes").unwrap();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+
+        store.place_open(A, &path, &file).unwrap();
+        assert_eq!(std::fs::read(objects.join("ab").join(A)).unwrap(), b"anonymous bytes");
+        store.place_open(A, &path, &file).unwrap();
+        assert_eq!(std::fs::read(store.path(A)).unwrap(), b"anonymous bytes");
     }
 
     /// Shards made by a creation that died before its marker: the next open completes it.

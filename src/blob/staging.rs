@@ -54,6 +54,12 @@ impl StagedFile {
     pub fn path(&self) -> &Path {
         &self.temp.path
     }
+
+    /// The temp file's open descriptor when it is anonymous (`None` for a named one):
+    /// what `LocalStore::place_open` syncs it through.
+    pub fn file(&self) -> Option<&std::fs::File> {
+        self.temp.anonymous.as_ref()
+    }
 }
 
 /// An upload's temp file. Where the file system allows, it is anonymous (`O_TMPFILE` in
