@@ -37,7 +37,7 @@ use lru::LruCache;
 use sha1::{Digest, Sha1};
 use tracing::{debug, info, warn};
 
-use crate::journal::hex;
+use crate::journal::{hex, lock_dir};
 
 /// Smallest content the disk cache keeps.
 pub const MIN_SIZE: u64 = 1 << 20;
@@ -116,19 +116,7 @@ impl DiskCache {
     }
 
     pub(crate) fn open_with(dir: &Path, max_bytes: u64, min_free: u64, free: FreeSpace) -> io::Result<DiskCache> {
-        fs::create_dir_all(dir)?;
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!("disk cache {} is used by another mount", dir.display()),
-            ));
-        }
+        let lock_file = lock_dir(dir, "disk cache")?;
         let objects = dir.join("objects");
         let tmp = dir.join("tmp");
         let state = dir.join("state");

@@ -137,22 +137,29 @@ fn attrs_work(probe: &Path) -> bool {
     }
 }
 
+/// Creates `dir` if needed and takes its `lock` file (`flock`, held while the returned file
+/// is open), so that one mount at a time uses it; `what` names it in the error.
+pub(crate) fn lock_dir(dir: &Path, what: &str) -> io::Result<File> {
+    fs::create_dir_all(dir)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{what} {} is used by another mount", dir.display()),
+        ));
+    }
+    Ok(lock)
+}
+
 impl Journal {
     /// Opens (creating) the directory and takes its lock.
     pub(crate) fn open(dir: &Path) -> io::Result<Journal> {
-        fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!("spool dir {} is used by another mount", dir.display()),
-            ));
-        }
+        let lock = lock_dir(dir, "spool dir")?;
         // Left by earlier versions, which uploaded it for every create.
         let _ = fs::remove_file(dir.join("empty"));
         let xattrs = attrs_work(&dir.join("lock"));
