@@ -478,6 +478,13 @@ fn ms_to_time(ms: i64) -> SystemTime {
     }
 }
 
+/// `len` bytes of a local file (a spool, a disk cache file) from `offset`.
+fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
+}
+
 /// Milliseconds since the epoch of a time given by the kernel.
 pub fn time_to_ms(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
@@ -1346,10 +1353,11 @@ impl Fs {
         let (sha1, file_size) = {
             let st = h.file.state.lock().await;
             if let Some(sp) = &st.spool {
-                let len = sp.size.saturating_sub(offset).min(size as u64) as usize;
-                let mut buf = vec![0u8; len];
-                sp.file.read_exact_at(&mut buf, offset)?;
-                return Ok(Bytes::from(buf));
+                return Ok(read_at(
+                    &sp.file,
+                    offset,
+                    sp.size.saturating_sub(offset).min(size as u64),
+                )?);
             }
             let e = &lock(&h.file.shadow).entry;
             (e.sha1.clone().unwrap_or_else(|| EMPTY_SHA1.to_owned()), e.size)
@@ -1359,9 +1367,7 @@ impl Fs {
         }
         let end = (offset + size as u64).min(file_size);
         if let Some(file) = &h.disk {
-            let mut buf = vec![0u8; (end - offset) as usize];
-            file.read_exact_at(&mut buf, offset)?;
-            return Ok(Bytes::from(buf));
+            return Ok(read_at(file, offset, end - offset)?);
         }
         let want = lock(&h.ra).advance(offset, end);
         if offset == 0 {

@@ -167,8 +167,9 @@ impl DirectReads {
 
     /// `MetaStore::entry`: the entry `id` if `owner` owns it.
     pub(super) fn entry(&self, owner: i64, id: i64) -> Result<Option<Entry>, DirectError> {
-        const SQL: &str = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
-        self.one(SQL, (id, owner), |row| Ok(Entry::from(entry_row(row)?)))
+        self.one(super::tree::ENTRY_BY_ID, (id, owner), |row| {
+            Ok(Entry::from(entry_row(row)?))
+        })
     }
 
     /// `MetaStore::content`: the content row of `sha1`.

@@ -19,7 +19,7 @@ const BATCH: usize = 500;
 const INLINE_LIST: i64 = 64;
 
 /// The entry `id` if the owner owns it.
-const ENTRY_BY_ID: &str = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
+pub(super) const ENTRY_BY_ID: &str = concat!("SELECT ", entry_cols!(), " FROM entries WHERE id = ? AND owner = ?");
 
 /// A page of a directory listing (`MetaStore::list`).
 pub(super) const LIST_SQL: &str = concat!(
