@@ -28,7 +28,7 @@ use sha2::Sha256;
 
 use crate::accounts::{Accounts, AuthError};
 use crate::drive::{Drive, DriveError, UploadTarget};
-use crate::meta::{Conflict, Content, Entry, EntryKind, MetaError, Overwrite, User};
+use crate::meta::{Conflict, Content, Entry, EntryKind, MetaError, Overwrite, User, STORE_LOCAL};
 
 /// The port of one user's tree.
 pub struct CorePort {
@@ -203,23 +203,27 @@ impl DavPort for CorePort {
         // Content on the local disk is read without its row: the file is named by its
         // SHA-1 and complete once it has that name, and the row would only say where it
         // is (one query per GET, most of a small GET's database time). Content moved to
-        // object storage is no longer on the disk: then the row says where it went.
+        // object storage is no longer on the disk: then the row says where it went. Small
+        // content is in its row, which is then read first.
         let size = entry.size.max(0) as u64;
-        let offset = offset.min(size);
-        let local = Content {
-            sha1: sha1.to_owned(),
-            sha256: String::new(),
-            size: entry.size,
-            refcount: 0,
-            store: "local".to_owned(),
-            object_key: None,
-            zero_since: None,
-            created_at: 0,
-        };
-        match self.drive.read(&local, offset, len.min(size - offset)).await {
-            Ok(stream) => return Ok(stream.map(|r| r.map_err(PortError::other)).boxed()),
-            Err(DriveError::Blob(crate::blob::BlobError::Missing(_))) => {}
-            Err(e) => return Err(port_err(e)),
+        if size > crate::blob::INLINE_MAX {
+            let offset = offset.min(size);
+            let local = Content {
+                sha1: sha1.to_owned(),
+                sha256: String::new(),
+                size: entry.size,
+                refcount: 0,
+                store: STORE_LOCAL.to_owned(),
+                object_key: None,
+                zero_since: None,
+                created_at: 0,
+                data: None,
+            };
+            match self.drive.read(&local, offset, len.min(size - offset)).await {
+                Ok(stream) => return Ok(stream.map(|r| r.map_err(PortError::other)).boxed()),
+                Err(DriveError::Blob(crate::blob::BlobError::Missing(_))) => {}
+                Err(e) => return Err(port_err(e)),
+            }
         }
         let content = self
             .drive

@@ -24,7 +24,16 @@
 //! fsyncs of concurrent uploads overlap (the file system commits their journal entries
 //! together) instead of queueing one after another behind SQLite's single writer.
 //!
-//! At no point is an entry visible whose bytes are not all stored and fsynced.
+//! A body of at most [`INLINE_MAX`](crate::blob::INLINE_MAX) bytes takes none of the
+//! staging steps: it stays in memory (step 1 leaves nothing at all), and the transaction
+//! of step 4 stores it in its content row along with the entry. A crash before the commit
+//! leaves nothing; after it, the entry and its bytes are there together. They are exactly
+//! as durable as that transaction: on MySQL from the commit, on SQLite (`synchronous =
+//! NORMAL`) a power loss may undo the last transactions, each one whole, like every other
+//! change to the tree.
+//!
+//! At no point is an entry visible whose bytes are not all stored (and, on the staging
+//! disk, fsynced).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,9 +41,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::blob::{BlobError, BlobStore, ByteStream, Staging};
+use sha2::Digest as _;
+
+use crate::blob::{BlobError, BlobStore, ByteStream, Received, StagedFile, Staging};
 use crate::meta::{
     CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, MetaError, MetaStore, NewContent, Overwrite, User,
+    STORE_INLINE, STORE_LOCAL,
 };
 use crate::names::{split_path, validate_name, NameError};
 use crate::util::failpoint;
@@ -62,6 +74,29 @@ pub struct Drive {
     staging: Staging,
     blobs: Arc<dyn BlobStore>,
     max_upload: Option<u64>,
+}
+
+/// The bytes of an upload being committed: a file on the staging disk, or a small body in
+/// memory.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    File(&'a Path),
+    Memory(&'a Bytes),
+}
+
+/// What `upload` keeps of a received body until its commit.
+enum Upload {
+    Memory(Bytes),
+    File(StagedFile),
+}
+
+impl Upload {
+    fn body(&self) -> Body<'_> {
+        match self {
+            Upload::Memory(data) => Body::Memory(data),
+            Upload::File(staged) => Body::File(staged.path()),
+        }
+    }
 }
 
 /// Where an upload goes and what to do if the name is taken.
@@ -137,51 +172,70 @@ impl Drive {
         E: std::fmt::Display,
     {
         self.check_target(user, &target).await?;
-        let mut staged = self.staging.receive(body, self.max_upload).await?;
+        let received = self.staging.receive(body, self.max_upload).await?;
         failpoint("upload.staged");
         let mut content = NewContent {
-            sha1: staged.sha1.clone(),
+            sha1: received.sha1().to_owned(),
             sha256: None,
-            size: staged.size as i64,
+            size: received.size() as i64,
+            inline: None,
         };
         // New content is synced and linked into the object store here (step 3 above),
         // so that `place` in the transaction finds it there and has nothing to flush while
-        // the write gate is held. A dedup hit skips it, and compares second hashes instead.
-        let known = self.meta.content(&staged.sha1).await?;
+        // the write gate is held; small content goes into its row instead. A dedup hit
+        // skips both, and compares second hashes instead.
+        let known = self.meta.content(&content.sha1).await?;
         let m = crate::metrics::global();
-        crate::metrics::add(&m.bytes_in, staged.size);
-        match known {
-            Some(c) if c.store != "local" || self.staging.objects().contains(&c.sha1) => {
-                content.sha256 = Some(self.second_hash_against(Some(c), &content, staged.path()).await?);
+        crate::metrics::add(&m.bytes_in, content.size as u64);
+        let staged = match received {
+            Received::Inline { data, .. } => Upload::Memory(data),
+            Received::Staged(staged) => Upload::File(staged),
+        };
+        let staged = match known {
+            Some(c) if c.store != STORE_LOCAL || self.staging.objects().contains(&c.sha1) => {
+                content.sha256 = Some(self.second_hash_against(Some(c), &content, staged.body()).await?);
                 failpoint("upload.verified");
                 crate::metrics::add(&m.dedup_hits, 1);
-                crate::metrics::add(&m.dedup_bytes_saved, staged.size);
+                crate::metrics::add(&m.dedup_bytes_saved, content.size as u64);
+                staged
             }
-            _ => {
-                // The staged file goes to the blocking thread and comes back: its open
-                // descriptor is what gets synced (see `LocalStore::place_open`), and it
-                // stays open until the link is made even if this request is dropped
-                // meanwhile (a client that went away). Were it dropped here, its number
-                // could be reused by another upload's temp file before the link, and
-                // `/proc/self/fd/N` would then link that file's bytes under this SHA-1.
-                // If placing fails, it is dropped there, and its temp file with it.
-                let objects = self.staging.objects().clone();
-                staged = tokio::task::spawn_blocking(move || {
-                    match staged.file() {
-                        Some(file) => objects.place_open(&staged.sha1, staged.path(), file)?,
-                        None => objects.place(&staged.sha1, staged.path())?,
-                    }
-                    Ok::<_, std::io::Error>(staged)
-                })
-                .await
-                .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
-                .map_err(BlobError::from)?;
-                failpoint("upload.linked");
-            }
-        }
-        let entry = self.commit_known(user, target, content, staged.path()).await?;
+            _ => match staged {
+                Upload::Memory(data) => {
+                    // The row holds the bytes; it takes their second hash now (a few KiB)
+                    // so that an upload of the same bytes racing this one is compared
+                    // without reading anything back.
+                    content.sha256 = Some(hex::encode(sha2::Sha256::digest(&data)));
+                    content.inline = Some(data.clone());
+                    Upload::Memory(data)
+                }
+                Upload::File(staged) => {
+                    // The staged file goes to the blocking thread and comes back: its open
+                    // descriptor is what gets synced (see `LocalStore::place_open`), and
+                    // it stays open until the link is made even if this request is
+                    // dropped meanwhile (a client that went away). Were it dropped here,
+                    // its number could be reused by another upload's temp file before the
+                    // link, and `/proc/self/fd/N` would then link that file's bytes under
+                    // this SHA-1. If placing fails, it is dropped there, and its temp file
+                    // with it.
+                    let objects = self.staging.objects().clone();
+                    let staged = tokio::task::spawn_blocking(move || {
+                        match staged.file() {
+                            Some(file) => objects.place_open(&staged.sha1, staged.path(), file)?,
+                            None => objects.place(&staged.sha1, staged.path())?,
+                        }
+                        Ok::<_, std::io::Error>(staged)
+                    })
+                    .await
+                    .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+                    .map_err(BlobError::from)?;
+                    failpoint("upload.linked");
+                    Upload::File(staged)
+                }
+            },
+        };
+        let entry = self.commit_known(user, target, content, staged.body()).await?;
         failpoint("upload.committed");
-        tracing::debug!(user = %user.name, sha1 = %staged.sha1, size = staged.size, "upload committed");
+        tracing::debug!(user = %user.name, sha1 = %entry.sha1.as_deref().unwrap_or(""), size = entry.size, "upload committed");
         Ok(entry)
     }
 
@@ -201,7 +255,8 @@ impl Drive {
     }
 
     /// Commits bytes already on the staging disk at `path` (hashed by the server) as a file
-    /// entry; `path` is hard-linked into the store if the content is new there.
+    /// entry; `path` is hard-linked into the store if the content is new there, or, at
+    /// most [`INLINE_MAX`](crate::blob::INLINE_MAX) bytes, stored in the content row.
     ///
     /// Without a second hash in `content`, the content is looked up first: if it is
     /// stored, the SHA-256 of `path` is compared with the stored bytes' (`second_hash`).
@@ -212,12 +267,27 @@ impl Drive {
         mut content: NewContent,
         path: &Path,
     ) -> Result<Entry> {
+        if content.size >= 0 && content.size as u64 <= crate::blob::INLINE_MAX {
+            let data = Bytes::from(std::fs::read(path).map_err(BlobError::from)?);
+            if data.len() as i64 != content.size {
+                return Err(BlobError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} has {} bytes, expected {}", path.display(), data.len(), content.size),
+                ))
+                .into());
+            }
+            // Its second hash costs nothing at this size: compared if the row exists.
+            content.sha256 = Some(hex::encode(sha2::Sha256::digest(&data)));
+            content.inline = Some(data.clone());
+            return self.commit_known(user, target, content, Body::Memory(&data)).await;
+        }
+        let body = Body::File(path);
         if content.sha256.is_none() {
             if let Some(stored) = self.meta.content(&content.sha1).await? {
-                content.sha256 = Some(self.second_hash_against(Some(stored), &content, path).await?);
+                content.sha256 = Some(self.second_hash_against(Some(stored), &content, body).await?);
             }
         }
-        self.commit_known(user, target, content, path).await
+        self.commit_known(user, target, content, body).await
     }
 
     /// `commit` once the caller has looked the content up.
@@ -226,13 +296,19 @@ impl Drive {
         user: &User,
         target: UploadTarget,
         mut content: NewContent,
-        path: &Path,
+        body: Body<'_>,
     ) -> Result<Entry> {
         validate_name(&target.name)?;
-        let objects = self.staging.objects();
+        let staging = &self.staging;
+        // The row the transaction found or made: a staging-disk one must have its file
+        // (placed already, or again if a collection removed it meanwhile); an inline one
+        // holds the bytes itself.
         let place = |c: &Content| -> std::io::Result<()> {
-            if c.store == "local" {
-                objects.place(&c.sha1, path)?;
+            if c.store == STORE_LOCAL {
+                match body {
+                    Body::File(path) => staging.objects().place(&c.sha1, path)?,
+                    Body::Memory(data) => staging.place_bytes(&c.sha1, data)?,
+                }
             }
             failpoint("upload.placed");
             Ok(())
@@ -255,7 +331,7 @@ impl Drive {
             match self.meta.commit_file(&req, &place).await {
                 Err(MetaError::Unverified) if round < 3 => {
                     round += 1;
-                    content.sha256 = Some(self.second_hash(&content, path).await?);
+                    content.sha256 = Some(self.second_hash(&content, body).await?);
                 }
                 Ok(entry) => {
                     crate::metrics::add(&crate::metrics::global().uploads, 1);
@@ -269,18 +345,26 @@ impl Drive {
     /// The SHA-256 of the bytes at `path`, once it is known to equal the stored content's
     /// of the same SHA-1 (`Collision` otherwise). The stored side's is computed from its
     /// bytes if nobody has yet, and recorded; both run at once on blocking threads.
-    pub async fn second_hash(&self, content: &NewContent, path: &Path) -> Result<String> {
+    pub async fn second_hash(&self, content: &NewContent, body: Body<'_>) -> Result<String> {
         let stored = self.meta.content(&content.sha1).await?;
-        self.second_hash_against(stored, content, path).await
+        self.second_hash_against(stored, content, body).await
     }
 
     /// `second_hash` with the stored row the caller has just read.
-    async fn second_hash_against(&self, stored: Option<Content>, content: &NewContent, path: &Path) -> Result<String> {
+    async fn second_hash_against(
+        &self,
+        stored: Option<Content>,
+        content: &NewContent,
+        body: Body<'_>,
+    ) -> Result<String> {
         let ours = async {
             if let Some(h) = &content.sha256 {
                 return Ok(h.clone());
             }
-            let p = path.to_path_buf();
+            let p = match body {
+                Body::Memory(data) => return Ok(hex::encode(sha2::Sha256::digest(data))),
+                Body::File(path) => path.to_path_buf(),
+            };
             let h = tokio::task::spawn_blocking(move || crate::blob::sha256_file(&p))
                 .await
                 .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
@@ -312,8 +396,10 @@ impl Drive {
     /// Hashes stored content from its bytes: from the local object directly, from S3
     /// through the blob store.
     async fn stored_sha256(&self, c: &Content) -> Result<String> {
-        use sha2::Digest;
-        if c.store == "local" {
+        if let (STORE_INLINE, Some(data)) = (c.store.as_str(), &c.data) {
+            return Ok(hex::encode(sha2::Sha256::digest(data)));
+        }
+        if c.store == STORE_LOCAL {
             let path = self.staging.objects().path(&c.sha1);
             return Ok(tokio::task::spawn_blocking(move || crate::blob::sha256_file(&path))
                 .await
@@ -357,7 +443,7 @@ impl Drive {
         };
         match self.meta.content(EMPTY_SHA1).await? {
             // Size 0 under the SHA-1 of nothing cannot be anything but the empty content.
-            Some(c) if c.size == 0 && (c.store != "local" || self.staging.objects().contains(&c.sha1)) => {
+            Some(c) if c.size == 0 && (c.store != STORE_LOCAL || self.staging.objects().contains(&c.sha1)) => {
                 self.link_with_mode(user, target, &c, mode).await
             }
             _ => {
@@ -384,6 +470,7 @@ impl Drive {
                 sha1: content.sha1.clone(),
                 sha256: Some(content.sha256.clone()),
                 size: content.size,
+                inline: None,
             },
             conflict: target.conflict,
             mode,
@@ -391,7 +478,7 @@ impl Drive {
         };
         let objects = self.staging.objects();
         let present = |c: &Content| -> std::io::Result<()> {
-            if c.store == "local" && !objects.contains(&c.sha1) {
+            if c.store == STORE_LOCAL && !objects.contains(&c.sha1) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "content bytes are gone",

@@ -484,6 +484,7 @@ async fn plant(s: &TestServer, bytes: &[u8], sha256: Option<String>, place: &fil
             sha1: sha1.clone(),
             sha256,
             size: bytes.len() as i64,
+            inline: None,
         },
         conflict: filestore::meta::Conflict::Fail,
         mode: 0o644,
@@ -536,8 +537,14 @@ async fn second_hash_on_first_dedup_hit(backend: Backend) {
         hex::encode(sha2::Sha256::digest(b))
     };
 
-    // A fresh upload records no second hash.
-    let bytes = b"uploaded twice, hashed twice only once".to_vec();
+    // A fresh upload to the staging disk records no second hash (content kept in its row
+    // does: see `small_content_in_its_row`).
+    let bytes: Vec<u8> = b"uploaded twice, hashed twice only once"
+        .iter()
+        .cycle()
+        .take(filestore::blob::INLINE_MAX as usize + 1)
+        .copied()
+        .collect();
     let (st, v) = api.put("/first", bytes.clone()).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let sha1 = v["sha1"].as_str().unwrap().to_string();
@@ -569,6 +576,94 @@ async fn second_hash_on_first_dedup_hit(backend: Backend) {
     assert_eq!(st, StatusCode::NOT_FOUND);
     let row = meta.content(&victim_sha1).await.unwrap().unwrap();
     assert_eq!((row.sha256, row.refcount), (sha256(&stored), 1));
+    s.stop().await;
+}
+
+/// Content of at most `INLINE_MAX` bytes is stored in its row, not on the staging disk:
+/// whole and ranged reads through both APIs, dedup against it, collection; one byte more
+/// goes to the disk as before.
+async fn small_content_in_its_row(backend: Backend) {
+    let Some(s) = TestServer::start_with(backend, |c| c.storage.gc_grace_secs = 0).await else {
+        return;
+    };
+    let api = Api {
+        s: &s,
+        token: s.user("alice").await,
+    };
+    let meta = &s.running().services().meta;
+    let max = filestore::blob::INLINE_MAX as usize;
+    let small: Vec<u8> = (0..max as u32).map(|i| (i * 31 % 251) as u8).collect();
+    let (st, v) = api.put("/small", small.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let sha1 = v["sha1"].as_str().unwrap().to_string();
+    let row = meta.content(&sha1).await.unwrap().unwrap();
+    assert_eq!(row.store, "inline");
+    assert!(row.data.as_deref() == Some(&small[..]), "the row holds the bytes");
+    assert_eq!(row.sha256, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&small)));
+    assert_eq!(objects_on_disk(&s), 0, "nothing on the staging disk");
+    let incoming = s.db.dir.path().join("data/staging/incoming");
+    assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
+    assert!(api.bytes("/small").await == small);
+    let r = api
+        .req(reqwest::Method::GET, "/files/small")
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &small[100..200]);
+    let r = s
+        .http
+        .get(s.url("/dav/small"))
+        .bearer_auth(&api.token)
+        .header("range", "bytes=-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "WebDAV range");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &small[max - 10..]);
+    // The same bytes again, over WebDAV: a dedup hit on the row.
+    let r = s
+        .http
+        .put(s.url("/dav/again"))
+        .bearer_auth(&api.token)
+        .body(small.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(meta.content(&sha1).await.unwrap().unwrap().refcount, 2);
+    // The empty file is content too.
+    let (st, v) = api.put("/empty", Vec::new()).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let empty = meta.content(v["sha1"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!((empty.store.as_str(), empty.data.as_deref()), ("inline", Some(&[][..])));
+    assert!(api.bytes("/empty").await.is_empty());
+    // One byte more is a file on the staging disk, as before.
+    let mut larger = small.clone();
+    larger.push(7);
+    let (st, v) = api.put("/larger", larger.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let row = meta.content(v["sha1"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!((row.store.as_str(), row.data.is_none()), ("local", true));
+    assert_eq!(objects_on_disk(&s), 1);
+    assert!(api.bytes("/larger").await == larger);
+    // Deleted and collected: the row goes, with its bytes.
+    for name in ["small", "again", "larger", "empty"] {
+        let r = api
+            .req(reqwest::Method::DELETE, &format!("/files/{name}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "delete {name}");
+    }
+    let staging = s.running().services().staging.clone();
+    let n = filestore::gc::collect_garbage(meta, staging.objects(), None, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    assert!(meta.content(&sha1).await.unwrap().is_none());
+    assert_eq!(objects_on_disk(&s), 0);
     s.stop().await;
 }
 
@@ -674,5 +769,6 @@ both_backends! {
     dedup_under_concurrency => dedup;
     sha1_collision_refused => collision_refused;
     second_hash_on_first_dedup_hit => second_hash_on_first_dedup_hit;
+    small_content_in_its_row => small_content_in_its_row;
     openapi => openapi_documents_every_route;
 }

@@ -22,6 +22,7 @@ fn content(tag: &str) -> NewContent {
         sha1,
         sha256: Some(format!("{:0>64}", hex_of(tag))),
         size: tag.len() as i64,
+        inline: None,
     }
 }
 

@@ -197,6 +197,7 @@ fn content(sha1: &str, size: u64, object_key: Option<String>) -> Content {
         object_key,
         zero_since: None,
         created_at: 0,
+        data: None,
     }
 }
 

@@ -37,6 +37,7 @@ use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::dns::{ResolveDns, SharedDnsResolver};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use base64::Engine as _;
+use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
@@ -214,10 +215,28 @@ impl S3Store {
             .into());
         }
         let (etag, confirmed) = if size < self.part_size {
-            self.put_single(key, path, size).await?
+            let digest = md5_of_range(path, 0, size).await?;
+            let body = file_body(path, 0, size).await?;
+            self.put_single(key, digest, body, size).await?
         } else {
             self.put_multipart(key, path, size).await?
         };
+        self.check_stored(key, size, &etag, confirmed).await
+    }
+
+    /// Uploads `data` (an inline content, a few KiB) to `key` in one PutObject, verified
+    /// like [`put_file`](Self::put_file).
+    #[tracing::instrument(skip(self, data), fields(size = data.len()))]
+    pub async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), BlobError> {
+        let size = data.len() as u64;
+        let digest: [u8; 16] = Md5::digest(&data).into();
+        let (etag, confirmed) = self.put_single(key, digest, SdkBody::from(data), size).await?;
+        self.check_stored(key, size, &etag, confirmed).await
+    }
+
+    /// After an upload whose answer did not state the ETag (`confirmed` false), a
+    /// HeadObject checks the stored object's ETag and size.
+    async fn check_stored(&self, key: &str, size: u64, etag: &str, confirmed: bool) -> Result<(), BlobError> {
         if confirmed {
             tracing::debug!(etag, "uploaded; verified by the server's answer");
             return Ok(());
@@ -237,7 +256,7 @@ impl S3Store {
             )));
         }
         let stored_etag = unquote(head.e_tag().unwrap_or_default());
-        if !stored_etag.eq_ignore_ascii_case(&etag) {
+        if !stored_etag.eq_ignore_ascii_case(etag) {
             return Err(mismatch(format!(
                 "after upload, {key} has ETag {stored_etag}, expected {etag}"
             )));
@@ -246,10 +265,15 @@ impl S3Store {
         Ok(())
     }
 
-    /// One PutObject; returns the expected ETag and whether the answer confirmed it.
-    async fn put_single(&self, key: &str, path: &Path, size: u64) -> Result<(String, bool), BlobError> {
-        let digest = md5_of_range(path, 0, size).await?;
-        let body = file_body(path, 0, size).await?;
+    /// One PutObject of `body` (`size` bytes whose MD5 is `digest`); returns the expected
+    /// ETag and whether the answer confirmed it.
+    async fn put_single(
+        &self,
+        key: &str,
+        digest: [u8; 16],
+        body: SdkBody,
+        size: u64,
+    ) -> Result<(String, bool), BlobError> {
         let out = self
             .client
             .put_object()

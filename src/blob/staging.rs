@@ -35,6 +35,32 @@ pub struct Staging {
     anonymous: bool,
 }
 
+/// A body as [`Staging::receive`] got it.
+#[derive(Debug)]
+pub enum Received {
+    /// At most [`INLINE_MAX`](super::INLINE_MAX) bytes, kept in memory: stored in the
+    /// content row if new.
+    Inline { data: Bytes, sha1: String },
+    /// Anything larger, in a temp file.
+    Staged(StagedFile),
+}
+
+impl Received {
+    pub fn sha1(&self) -> &str {
+        match self {
+            Received::Inline { sha1, .. } => sha1,
+            Received::Staged(f) => &f.sha1,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Received::Inline { data, .. } => data.len() as u64,
+            Received::Staged(f) => f.size,
+        }
+    }
+}
+
 /// A fully received upload with its SHA-1, not yet synced (`LocalStore::place` does that).
 /// The temp file is deleted when this is dropped, so an upload that fails or is refused
 /// leaves nothing behind.
@@ -171,9 +197,10 @@ impl Staging {
     /// Streams `body` into a new temp file, computing SHA-1 and size on the way. Over
     /// `limit` bytes the upload is refused with `TooLarge` and the temp file removed. Memory use is bounded by the queue, whatever the body's size.
     ///
-    /// A body of at most [`SMALL_BODY`] bytes is gathered in memory first and then hashed
-    /// and written in one blocking call; a larger one streams through a writer thread.
-    pub async fn receive<S, E>(&self, body: S, limit: Option<u64>) -> Result<StagedFile, BlobError>
+    /// A body of at most [`INLINE_MAX`](super::INLINE_MAX) bytes stays in memory. One of
+    /// at most [`SMALL_BODY`] bytes is gathered in memory first and then hashed and written
+    /// in one blocking call; a larger one streams through a writer thread.
+    pub async fn receive<S, E>(&self, body: S, limit: Option<u64>) -> Result<Received, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: Display,
@@ -183,7 +210,8 @@ impl Staging {
         let mut size = 0u64;
         loop {
             match body.next().await {
-                None => return self.write_small(head, size).await,
+                None if size <= super::INLINE_MAX => return Ok(inline(head)),
+                None => return self.write_small(head, size).await.map(Received::Staged),
                 Some(Ok(chunk)) => {
                     size += chunk.len() as u64;
                     if let Some(limit) = limit.filter(|l| size > *l) {
@@ -198,7 +226,7 @@ impl Staging {
             }
         }
         let rest = futures_util::stream::iter(head.into_iter().map(Ok)).chain(body);
-        self.receive_stream(rest, limit).await
+        self.receive_stream(rest, limit).await.map(Received::Staged)
     }
 
     /// Hashes and writes a body received whole, off the async threads.
@@ -267,6 +295,22 @@ impl Staging {
         })
     }
 
+    /// Makes `data` the stored copy of `sha1` on this disk unless one is there: the rare
+    /// case of a small upload whose content row is a staging-disk one that lost its file
+    /// (see `Drive::upload`). Goes through a temp file like any upload, and is placed the
+    /// same way.
+    pub fn place_bytes(&self, sha1: &str, data: &[u8]) -> std::io::Result<()> {
+        if self.objects.contains(sha1) {
+            return Ok(());
+        }
+        let (temp, mut file) = Temp::create(&self.incoming, self.anonymous)?;
+        file.write_all(data)?;
+        match &temp.anonymous {
+            Some(open) => self.objects.place_open(sha1, &temp.path, open),
+            None => self.objects.place(sha1, &temp.path),
+        }
+    }
+
     /// Removes temp files of uploads that stopped (a crash, a killed client) more than
     /// `min_age` ago. An upload in progress keeps its file's mtime fresh.
     pub fn sweep_incoming(&self, min_age: Duration) -> std::io::Result<usize> {
@@ -279,6 +323,16 @@ impl Staging {
         }
         Ok(removed)
     }
+}
+
+/// A small body's chunks as one buffer (no copy when it came in one), with its SHA-1.
+fn inline(chunks: Vec<Bytes>) -> Received {
+    let data = match <[Bytes; 1]>::try_from(chunks) {
+        Ok([one]) => one,
+        Err(chunks) => chunks.concat().into(),
+    };
+    let sha1 = hex::encode(sha1::Sha1::digest(&data));
+    Received::Inline { data, sha1 }
 }
 
 /// Whether the file at `path` was last modified more than `age` ago.

@@ -220,6 +220,7 @@ pub(super) fn content_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Content> 
         object_key: row.get(5)?,
         zero_since: row.get(6)?,
         created_at: row.get(7)?,
+        data: row.get(8)?,
     })
 }
 

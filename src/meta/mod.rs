@@ -27,7 +27,10 @@ pub use error::MetaError;
 pub use outbox::{state as job_state, Job, Moved};
 pub use props::{Prop, PropChange, MAX_PROPS, MAX_PROP_BYTES};
 pub use store::{redact_url as store_redact_url, Dialect, MetaStore};
-pub use types::{CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, NewContent, Overwrite, User};
+pub use types::{
+    CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, NewContent, Overwrite, User, STORE_INLINE,
+    STORE_LOCAL, STORE_S3,
+};
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp in the schema.
 pub fn now_ms() -> i64 {

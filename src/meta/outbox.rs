@@ -168,7 +168,8 @@ impl MetaStore {
         let mut tx = self.begin_write(&mut g).await?;
         let pointed = tx
             .exec(
-                "UPDATE files SET store = 's3', object_key = ? WHERE sha1 = ? AND store = 'local'",
+                // An inline content's bytes leave its row with it.
+                "UPDATE files SET store = 's3', object_key = ?, data = NULL WHERE sha1 = ? AND store IN ('local', 'inline')",
                 args![key, sha1],
             )
             .await?;

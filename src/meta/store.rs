@@ -26,7 +26,7 @@ macro_rules! user_cols {
 }
 macro_rules! file_cols {
     () => {
-        "sha1, sha256, size, refcount, store, object_key, zero_since, created_at"
+        "sha1, sha256, size, refcount, store, object_key, zero_since, created_at, data"
     };
 }
 macro_rules! entry_cols {

@@ -8,7 +8,7 @@ use super::tx::{args, Arg, Tx};
 use super::types::EntryRow;
 use super::{
     now_ms, CommitFile, Conflict, Content, DeleteStats, Dialect, Entry, EntryKind, MetaError, MetaStore, NewContent,
-    Overwrite, PlaceFn,
+    Overwrite, PlaceFn, STORE_INLINE, STORE_LOCAL,
 };
 
 /// Deletes and id lists are sent in batches of this many placeholders.
@@ -274,7 +274,8 @@ impl MetaStore {
             touch_dirs(&mut tx, req.owner, &[req.parent], now).await?;
         }
         place(&content)?;
-        if self.outbox && content.store == "local" {
+        // New content goes on to object storage, from the staging disk or from its row.
+        if self.outbox && (content.store == STORE_LOCAL || content.store == STORE_INLINE) {
             Self::enqueue_transfer(&mut tx, &c.sha1, now).await?;
         }
         tx.commit().await?;
@@ -512,7 +513,7 @@ async fn upsert_content(c: &mut Tx<'_>, dialect: Dialect, n: &NewContent, now: i
         (Dialect::MySql, true) => " ON DUPLICATE KEY UPDATE refcount = refcount + 1, zero_since = NULL",
     };
     let insert = format!(
-        "INSERT INTO files (sha1, sha256, size, refcount, store, created_at) VALUES (?, ?, ?, 1, 'local', ?){on_conflict}{}",
+        "INSERT INTO files (sha1, sha256, size, refcount, store, data, created_at) VALUES (?, ?, ?, 1, ?, ?, ?){on_conflict}{}",
         match dialect {
             // The row after the upsert, in the same statement: one round trip to the
             // database thread fewer while the write gate is held.
@@ -520,7 +521,13 @@ async fn upsert_content(c: &mut Tx<'_>, dialect: Dialect, n: &NewContent, now: i
             Dialect::MySql => "",
         }
     );
-    let values = args![&n.sha1, sha256, n.size, now];
+    // Small content comes with its bytes and is stored in the row; any other kind was
+    // placed on the staging disk before the transaction.
+    let (store, data) = match &n.inline {
+        Some(bytes) => (STORE_INLINE, Some(&bytes[..])),
+        None => (STORE_LOCAL, None),
+    };
+    let values = args![&n.sha1, sha256, n.size, store, data, now];
     let refused = |e: MetaError| e.unique_as(MetaError::Unverified);
     let row = match dialect {
         Dialect::Sqlite => c.opt(insert, values).await.map_err(refused)?,

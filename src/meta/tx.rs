@@ -47,6 +47,7 @@ pub(super) enum Arg<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Bytes(&'a [u8]),
+    OptBytes(Option<&'a [u8]>),
 }
 
 impl From<i64> for Arg<'_> {
@@ -80,6 +81,12 @@ impl<'a> From<&'a [u8]> for Arg<'a> {
     }
 }
 
+impl<'a> From<Option<&'a [u8]>> for Arg<'a> {
+    fn from(v: Option<&'a [u8]>) -> Self {
+        Arg::OptBytes(v)
+    }
+}
+
 impl<'a> From<&'a Vec<u8>> for Arg<'a> {
     fn from(v: &'a Vec<u8>) -> Self {
         Arg::Bytes(v)
@@ -91,8 +98,8 @@ impl rusqlite::ToSql for Arg<'_> {
         Ok(ToSqlOutput::Borrowed(match *self {
             Arg::Int(v) | Arg::OptInt(Some(v)) => ValueRef::Integer(v),
             Arg::Text(s) | Arg::OptText(Some(s)) => ValueRef::Text(s.as_bytes()),
-            Arg::Bytes(b) => ValueRef::Blob(b),
-            Arg::OptInt(None) | Arg::OptText(None) => ValueRef::Null,
+            Arg::Bytes(b) | Arg::OptBytes(Some(b)) => ValueRef::Blob(b),
+            Arg::OptInt(None) | Arg::OptText(None) | Arg::OptBytes(None) => ValueRef::Null,
         }))
     }
 }
@@ -262,6 +269,7 @@ fn pool_query<'q>(sql: Sql, args: &'q [Arg<'q>]) -> sqlx::query::Query<'q, Any, 
             Arg::Text(s) => q.bind(s),
             Arg::OptText(s) => q.bind(s),
             Arg::Bytes(b) => q.bind(b),
+            Arg::OptBytes(b) => q.bind(b),
         };
     }
     q

@@ -46,12 +46,21 @@ pub struct Content {
     pub sha256: String,
     pub size: i64,
     pub refcount: i64,
-    /// Where the bytes live now: `local` (staging disk) or `s3`.
+    /// Where the bytes live now: `local` (staging disk), `s3`, or `inline` (in `data`).
     pub store: String,
     pub object_key: Option<String>,
     pub zero_since: Option<i64>,
     pub created_at: i64,
+    /// The bytes of an `inline` content; `None` for every other store.
+    pub data: Option<Vec<u8>>,
 }
+
+/// `Content::store` of content on the staging disk.
+pub const STORE_LOCAL: &str = "local";
+/// `Content::store` of content in object storage.
+pub const STORE_S3: &str = "s3";
+/// `Content::store` of small content kept in its own row (`Content::data`).
+pub const STORE_INLINE: &str = "inline";
 
 /// The identity of content just received, hashed by the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +73,10 @@ pub struct NewContent {
     /// recorded once, never changed); it matches the row whatever the row holds now.
     pub sha256: Option<String>,
     pub size: i64,
+    /// The bytes themselves, for content small enough to be stored in its row: if the row
+    /// is new, it is an `inline` one holding them. `None`: the bytes are on the staging
+    /// disk (or already stored), and a new row is a `local` one.
+    pub inline: Option<bytes::Bytes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use tracing::warn;
 
 use super::{port_entry, unsupported_owner, DEFAULT_RETRY_FOR, UNLIMITED_BYTES};
 use crate::blob::BlobError;
-use crate::drive::{Drive, DriveError, UploadTarget};
+use crate::drive::{Body, Drive, DriveError, UploadTarget};
 use crate::meta::{Conflict, Entry, EntryKind, MetaError, NewContent, Overwrite, User};
 
 /// A user's tree on this server's drive, as the mount's port.
@@ -171,8 +171,9 @@ impl DriveTree {
                 sha1: sha1.clone(),
                 sha256: None,
                 size: size as i64,
+                inline: None,
             };
-            match self.drive.second_hash(&ours, put.source).await {
+            match self.drive.second_hash(&ours, Body::File(put.source)).await {
                 Ok(_) => true,
                 Err(DriveError::Meta(MetaError::Collision)) => false,
                 Err(e) => return Err(port_err(e)),

@@ -9,9 +9,10 @@
 //!
 //! 1. the content row is gone (deleted while queued): done, nothing uploaded;
 //! 2. the row already says `s3` (a duplicate delivery): done, the staging copy removed;
-//! 3. otherwise the staging copy is uploaded (multipart for large content) and verified,
-//!    the row is pointed at the object and the job marked done in one transaction, then
-//!    the staging copy is removed; if the row vanished meanwhile the object is deleted.
+//! 3. otherwise the staging copy (or, for `inline` content, the bytes in its row) is
+//!    uploaded (multipart for large content) and verified, the row is pointed at the object
+//!    (an inline row's bytes cleared) and the job marked done in one transaction, then the
+//!    staging copy is removed; if the row vanished meanwhile the object is deleted.
 //!
 //! A worker killed at any step leaves a state the next delivery completes: before the
 //! transaction the upload is redone (same key, same bytes); after it, step 2 applies.
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::blob::s3::S3Store;
 use crate::blob::{BlobError, LocalStore};
 use crate::config::QueueConfig;
-use crate::meta::{Job, MetaError, MetaStore, Moved};
+use crate::meta::{Job, MetaError, MetaStore, Moved, STORE_INLINE, STORE_S3};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -105,10 +106,16 @@ impl Transfers {
             self.meta.job_done(job_id).await?;
             return Ok(());
         };
-        if content.store == "s3" {
+        if content.store == STORE_S3 {
             self.meta.job_done(job_id).await?;
             self.local.remove(sha1).map_err(BlobError::from)?;
             return Ok(());
+        }
+        let key = self.s3.key(sha1);
+        if let Some(data) = content.data.filter(|_| content.store == STORE_INLINE) {
+            // Small content moves from its row; the transaction below clears the row's copy.
+            self.s3.put_bytes(&key, data.into()).await?;
+            return self.moved(job_id, sha1, key).await;
         }
         let path = self.local.path(sha1);
         if !path.is_file() {
@@ -119,8 +126,13 @@ impl Transfers {
             }
             return Err(TransferError::MissingBytes(sha1.to_string()));
         }
-        let key = self.s3.key(sha1);
         self.s3.put_file(&key, &path, content.size as u64).await?;
+        self.moved(job_id, sha1, key).await
+    }
+
+    /// Points the row at the object just uploaded to `key` and drops the staging copy (the
+    /// last steps of `run_job`).
+    async fn moved(&self, job_id: i64, sha1: &str, key: String) -> Result<(), TransferError> {
         crate::util::failpoint("transfer.uploaded");
         match self.meta.content_moved(job_id, sha1, &key).await? {
             Moved::Moved | Moved::Already => {

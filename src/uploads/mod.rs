@@ -424,6 +424,7 @@ impl Uploads {
                     sha1,
                     sha256: None,
                     size: size as i64,
+                    inline: None,
                 },
                 &path,
             )
