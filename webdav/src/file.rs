@@ -8,6 +8,11 @@
 //! the end marker and waits for the port's answer. A file dropped without `flush`
 //! (client gone, body error, length mismatch) ends the stream with an error, so the
 //! port stores nothing.
+//!
+//! A PUT that announces a small body (`Content-Length` of at most [`SMALL_PUT`]) is
+//! gathered in memory instead, and `flush` hands it to the port whole, on the request's
+//! own task: for a body of a few KiB, the spawned task and its channel cost more than the
+//! bytes (most small files are stored in their metadata row, with no disk writes at all).
 
 use std::fmt;
 use std::io::{self, SeekFrom};
@@ -27,6 +32,9 @@ use crate::port::{DavPort, Entry, EntryId, ReadBody, UploadBody, UploadOptions};
 /// Chunks in flight between the request body and the port. With hyper's frames of at
 /// most a few hundred KiB this bounds a PUT's memory to a few MiB.
 const UPLOAD_CHANNEL_CHUNKS: usize = 8;
+
+/// Announced bodies up to this size are gathered in memory (see the module doc).
+pub const SMALL_PUT: u64 = 64 << 10;
 
 /// A file opened for reading. The port's read stream is opened lazily at the current
 /// position and kept while reads are sequential; a seek drops it.
@@ -169,8 +177,19 @@ enum WriteState {
         tx: mpsc::Sender<Msg>,
         task: JoinHandle<Result<Entry, PortError>>,
     },
+    /// A small body, gathered until `flush` uploads it.
+    Gathering(Box<Gathered>),
     Done(Entry),
     Failed(FsError),
+}
+
+/// A small body and where it goes.
+struct Gathered {
+    port: Arc<dyn DavPort>,
+    parent: EntryId,
+    name: String,
+    options: UploadOptions,
+    chunks: Vec<Bytes>,
 }
 
 /// A file opened for writing by PUT (see the module doc).
@@ -197,6 +216,21 @@ impl WriteFile {
         options: UploadOptions,
         placeholder: Entry,
     ) -> Self {
+        if options.expected_len.is_some_and(|n| n <= SMALL_PUT) {
+            let gathered = Gathered {
+                port,
+                parent,
+                name,
+                options,
+                chunks: Vec::new(),
+            };
+            return Self {
+                state: WriteState::Gathering(Box::new(gathered)),
+                expected: options.expected_len,
+                written: 0,
+                placeholder,
+            };
+        }
         let (tx, rx) = mpsc::channel(UPLOAD_CHANNEL_CHUNKS);
         let span = tracing::debug_span!("upload", parent, name = %name);
         let task =
@@ -238,7 +272,7 @@ impl WriteFile {
                 }
             }
             WriteState::Failed(e) => e,
-            WriteState::Done(_) => FsError::GeneralFailure,
+            WriteState::Gathering(_) | WriteState::Done(_) => FsError::GeneralFailure,
         };
         self.state = WriteState::Failed(err);
         err
@@ -254,8 +288,13 @@ impl WriteFile {
             self.abort();
             return Err(FsError::GeneralFailure);
         }
-        let sent = match &self.state {
+        let sent = match &mut self.state {
             WriteState::Streaming { tx, .. } => tx.send(Msg::Data(data)).await.is_ok(),
+            // Bounded by the announced length, checked above.
+            WriteState::Gathering(g) => {
+                g.chunks.push(data);
+                true
+            }
             WriteState::Failed(e) => return Err(*e),
             WriteState::Done(_) => return Err(FsError::GeneralFailure),
         };
@@ -274,6 +313,28 @@ impl WriteFile {
         }
         let state = std::mem::replace(&mut self.state, WriteState::Failed(FsError::GeneralFailure));
         match state {
+            WriteState::Gathering(g) => {
+                let Gathered {
+                    port,
+                    parent,
+                    name,
+                    options,
+                    chunks,
+                } = *g;
+                let body = futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed();
+                let span = tracing::debug_span!("upload", parent, name = %name);
+                match port.upload(parent, &name, body, options).instrument(span).await {
+                    Ok(entry) => {
+                        self.state = WriteState::Done(entry);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let e = e.into();
+                        self.state = WriteState::Failed(e);
+                        Err(e)
+                    }
+                }
+            }
             WriteState::Streaming { tx, task } => {
                 if tx.send(Msg::End).await.is_err() {
                     self.state = WriteState::Streaming { tx, task };
