@@ -39,11 +39,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
+use sha1::Digest as _;
 
-use sha2::Digest as _;
-
-use crate::blob::{BlobError, BlobStore, ByteStream, Received, StagedFile, Staging};
+use crate::blob::{BlobError, BlobStore, ByteStream, Received, StagedFile, Staging, INLINE_MAX};
 use crate::meta::{
     CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, MetaError, MetaStore, NewContent, Overwrite, User,
     STORE_INLINE, STORE_LOCAL,
@@ -171,7 +170,31 @@ impl Drive {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        validate_name(&target.name)?;
+        // The first bytes decide the path: a body that ends within `INLINE_MAX` goes into
+        // its row, and its transaction checks the target like `check_target` would (one
+        // round of reads fewer); a longer one is checked before the rest is received.
+        let mut body = std::pin::pin!(body);
+        let mut head = Vec::new();
+        let mut size = 0u64;
+        loop {
+            match body.next().await {
+                None => return self.upload_inline(user, target, head).await,
+                Some(Ok(chunk)) => {
+                    size += chunk.len() as u64;
+                    if let Some(limit) = self.max_upload.filter(|l| size > *l) {
+                        return Err(BlobError::TooLarge { limit }.into());
+                    }
+                    head.push(chunk);
+                    if size > INLINE_MAX {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(BlobError::Body(e.to_string()).into()),
+            }
+        }
         self.check_target(user, &target).await?;
+        let body = futures_util::stream::iter(head.into_iter().map(Ok)).chain(body);
         let received = self.staging.receive(body, self.max_upload).await?;
         failpoint("upload.staged");
         let mut content = NewContent {
@@ -233,9 +256,37 @@ impl Drive {
                 }
             },
         };
-        let entry = self.commit_known(user, target, content, staged.body()).await?;
+        let (entry, _) = self.commit_known(user, target, content, staged.body()).await?;
         failpoint("upload.committed");
         tracing::debug!(user = %user.name, sha1 = %entry.sha1.as_deref().unwrap_or(""), size = entry.size, "upload committed");
+        Ok(entry)
+    }
+
+    /// `upload` of a body that ended within [`INLINE_MAX`]: hashed here, and stored in
+    /// its content row by the transaction that makes the entry, unless that row exists
+    /// (then the second hashes are compared, as for any dedup hit).
+    async fn upload_inline(&self, user: &User, target: UploadTarget, chunks: Vec<Bytes>) -> Result<Entry> {
+        let data = match <[Bytes; 1]>::try_from(chunks) {
+            Ok([one]) => one,
+            Err(chunks) => chunks.concat().into(),
+        };
+        failpoint("upload.staged");
+        let size = data.len() as u64;
+        let content = NewContent {
+            sha1: hex::encode(sha1::Sha1::digest(&data)),
+            sha256: Some(hex::encode(sha2::Sha256::digest(&data))),
+            size: size as i64,
+            inline: Some(data.clone()),
+        };
+        let m = crate::metrics::global();
+        crate::metrics::add(&m.bytes_in, size);
+        let (entry, shared) = self.commit_known(user, target, content, Body::Memory(&data)).await?;
+        if shared {
+            crate::metrics::add(&m.dedup_hits, 1);
+            crate::metrics::add(&m.dedup_bytes_saved, size);
+        }
+        failpoint("upload.committed");
+        tracing::debug!(user = %user.name, sha1 = %entry.sha1.as_deref().unwrap_or(""), size, "upload committed");
         Ok(entry)
     }
 
@@ -279,7 +330,7 @@ impl Drive {
             // Its second hash costs nothing at this size: compared if the row exists.
             content.sha256 = Some(hex::encode(sha2::Sha256::digest(&data)));
             content.inline = Some(data.clone());
-            return self.commit_known(user, target, content, Body::Memory(&data)).await;
+            return Ok(self.commit_known(user, target, content, Body::Memory(&data)).await?.0);
         }
         let body = Body::File(path);
         if content.sha256.is_none() {
@@ -287,23 +338,27 @@ impl Drive {
                 content.sha256 = Some(self.second_hash_against(Some(stored), &content, body).await?);
             }
         }
-        self.commit_known(user, target, content, body).await
+        Ok(self.commit_known(user, target, content, body).await?.0)
     }
 
-    /// `commit` once the caller has looked the content up.
+    /// `commit` once the caller has looked the content up. Also says whether the content
+    /// row was referenced already (a dedup hit; one revived from its grace period does not
+    /// count, its count was 0).
     async fn commit_known(
         &self,
         user: &User,
         target: UploadTarget,
         mut content: NewContent,
         body: Body<'_>,
-    ) -> Result<Entry> {
+    ) -> Result<(Entry, bool)> {
         validate_name(&target.name)?;
         let staging = &self.staging;
         // The row the transaction found or made: a staging-disk one must have its file
         // (placed already, or again if a collection removed it meanwhile); an inline one
         // holds the bytes itself.
+        let shared = std::sync::atomic::AtomicBool::new(false);
         let place = |c: &Content| -> std::io::Result<()> {
+            shared.store(c.refcount > 1, std::sync::atomic::Ordering::Relaxed);
             if c.store == STORE_LOCAL {
                 match body {
                     Body::File(path) => staging.objects().place(&c.sha1, path)?,
@@ -335,7 +390,7 @@ impl Drive {
                 }
                 Ok(entry) => {
                     crate::metrics::add(&crate::metrics::global().uploads, 1);
-                    return Ok(entry);
+                    return Ok((entry, shared.load(std::sync::atomic::Ordering::Relaxed)));
                 }
                 Err(e) => return Err(e.into()),
             }
