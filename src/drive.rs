@@ -266,10 +266,7 @@ impl Drive {
     /// its content row by the transaction that makes the entry, unless that row exists
     /// (then the second hashes are compared, as for any dedup hit).
     async fn upload_inline(&self, user: &User, target: UploadTarget, chunks: Vec<Bytes>) -> Result<Entry> {
-        let data = match <[Bytes; 1]>::try_from(chunks) {
-            Ok([one]) => one,
-            Err(chunks) => chunks.concat().into(),
-        };
+        let data = crate::blob::join_chunks(chunks);
         failpoint("upload.staged");
         let size = data.len() as u64;
         let content = NewContent {

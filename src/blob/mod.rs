@@ -19,7 +19,7 @@ use futures_util::Stream;
 pub use local::{is_sha1_hex, LocalStore};
 pub use router::StoreRouter;
 pub use s3::S3Store;
-pub use staging::{hash_file, hash_rest, sha256_file, Digests, Received, StagedFile, Staging};
+pub use staging::{hash_file, hash_rest, join_chunks, sha256_file, Digests, Received, StagedFile, Staging};
 
 /// Contents up to this size are stored in their metadata row (`inline`) instead of as a
 /// file on the staging disk: a small upload is then one transaction, with no temp file,

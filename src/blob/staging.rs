@@ -325,12 +325,17 @@ impl Staging {
     }
 }
 
-/// A small body's chunks as one buffer (no copy when it came in one), with its SHA-1.
-fn inline(chunks: Vec<Bytes>) -> Received {
-    let data = match <[Bytes; 1]>::try_from(chunks) {
+/// A small body's chunks as one buffer (no copy when it came in one).
+pub fn join_chunks(chunks: Vec<Bytes>) -> Bytes {
+    match <[Bytes; 1]>::try_from(chunks) {
         Ok([one]) => one,
         Err(chunks) => chunks.concat().into(),
-    };
+    }
+}
+
+/// A small body, joined, with its SHA-1.
+fn inline(chunks: Vec<Bytes>) -> Received {
+    let data = join_chunks(chunks);
     let sha1 = hex::encode(sha1::Sha1::digest(&data));
     Received::Inline { data, sha1 }
 }
