@@ -383,6 +383,9 @@ impl Drive {
             match self.meta.commit_file(&req, &place).await {
                 Err(MetaError::Unverified) if round < 3 => {
                     round += 1;
+                    if let Body::Memory(data) = body {
+                        self.restore_lost_copy(&content.sha1, data).await?;
+                    }
                     content.sha256 = Some(self.second_hash(&content, body).await?);
                 }
                 Ok(entry) => {
@@ -391,6 +394,28 @@ impl Drive {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// A staging-disk row whose file is gone (a collection that removed it and then failed
+    /// to commit, or a file deleted by hand) gets `data`, which has its SHA-1, as its copy:
+    /// what a streamed upload does by placing its temp file before the transaction. Only
+    /// then can the row's second hash be computed and compared.
+    async fn restore_lost_copy(&self, sha1: &str, data: &Bytes) -> Result<()> {
+        match self.meta.content(sha1).await? {
+            Some(c) if c.store == STORE_LOCAL && !self.staging.objects().contains(sha1) => {
+                tracing::warn!(
+                    sha1,
+                    "stored copy missing; restoring it from an upload of the same bytes"
+                );
+                let (staging, sha1, data) = (self.staging.clone(), sha1.to_owned(), data.clone());
+                tokio::task::spawn_blocking(move || staging.place_bytes(&sha1, &data))
+                    .await
+                    .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+                    .map_err(BlobError::from)?;
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

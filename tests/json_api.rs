@@ -581,7 +581,7 @@ async fn second_hash_on_first_dedup_hit(backend: Backend) {
 
 /// Content of at most `INLINE_MAX` bytes is stored in its row, not on the staging disk:
 /// whole and ranged reads through both APIs, dedup against it, collection; one byte more
-/// goes to the disk as before.
+/// goes to the disk as before; a small upload restores a staging-disk copy gone missing.
 async fn small_content_in_its_row(backend: Backend) {
     let Some(s) = TestServer::start_with(backend, |c| c.storage.gc_grace_secs = 0).await else {
         return;
@@ -648,8 +648,18 @@ async fn small_content_in_its_row(backend: Backend) {
     assert_eq!((row.store.as_str(), row.data.is_none()), ("local", true));
     assert_eq!(objects_on_disk(&s), 1);
     assert!(api.bytes("/larger").await == larger);
+    // A staging-disk row that lost its file and has no second hash yet: a small upload
+    // of its bytes puts them back, as a streamed upload would.
+    let lost = b"bytes whose stored copy went missing".to_vec();
+    let lost_sha1 = plant(&s, &lost, None, &|_| Ok(())).await;
+    assert!(!s.running().services().staging.objects().contains(&lost_sha1));
+    let (st, v) = api.put("/found", lost.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert!(s.running().services().staging.objects().contains(&lost_sha1));
+    assert!(api.bytes("/found").await == lost);
+    assert!(api.bytes("/planted").await == lost, "the older entry reads again");
     // Deleted and collected: the row goes, with its bytes.
-    for name in ["small", "again", "larger", "empty"] {
+    for name in ["small", "again", "larger", "empty", "found", "planted"] {
         let r = api
             .req(reqwest::Method::DELETE, &format!("/files/{name}"))
             .send()
@@ -661,7 +671,7 @@ async fn small_content_in_its_row(backend: Backend) {
     let n = filestore::gc::collect_garbage(meta, staging.objects(), None, std::time::Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
     assert!(meta.content(&sha1).await.unwrap().is_none());
     assert_eq!(objects_on_disk(&s), 0);
     s.stop().await;
