@@ -42,7 +42,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha1::Digest as _;
 
-use crate::blob::{BlobError, BlobStore, ByteStream, Received, StagedFile, Staging, INLINE_MAX};
+use crate::blob::{join_chunks, read_head, BlobError, BlobStore, ByteStream, Staging, INLINE_MAX};
 use crate::meta::{
     CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, MetaError, MetaStore, NewContent, Overwrite, User,
     STORE_INLINE, STORE_LOCAL,
@@ -83,18 +83,15 @@ pub enum Body<'a> {
     Memory(&'a Bytes),
 }
 
-/// What `upload` keeps of a received body until its commit.
-enum Upload {
-    Memory(Bytes),
-    File(StagedFile),
-}
-
-impl Upload {
-    fn body(&self) -> Body<'_> {
-        match self {
-            Upload::Memory(data) => Body::Memory(data),
-            Upload::File(staged) => Body::File(staged.path()),
-        }
+/// Small content with its bytes, to be stored in its row if the row is new. Its second hash
+/// costs nothing at this size, and is what a concurrent upload of the same bytes is
+/// compared with, without reading anything back.
+fn inline_content(sha1: String, data: &Bytes) -> NewContent {
+    NewContent {
+        sha1,
+        sha256: Some(hex::encode(sha2::Sha256::digest(data))),
+        size: data.len() as i64,
+        inline: Some(data.clone()),
     }
 }
 
@@ -175,106 +172,73 @@ impl Drive {
         // its row, and its transaction checks the target like `check_target` would (one
         // round of reads fewer); a longer one is checked before the rest is received.
         let mut body = std::pin::pin!(body);
-        let mut head = Vec::new();
-        let mut size = 0u64;
-        loop {
-            match body.next().await {
-                None => return self.upload_inline(user, target, head).await,
-                Some(Ok(chunk)) => {
-                    size += chunk.len() as u64;
-                    if let Some(limit) = self.max_upload.filter(|l| size > *l) {
-                        return Err(BlobError::TooLarge { limit }.into());
-                    }
-                    head.push(chunk);
-                    if size > INLINE_MAX {
-                        break;
-                    }
-                }
-                Some(Err(e)) => return Err(BlobError::Body(e.to_string()).into()),
-            }
+        let head = read_head(&mut body, INLINE_MAX, self.max_upload).await?;
+        if head.ended {
+            return self.upload_inline(user, target, join_chunks(head.chunks)).await;
         }
         self.check_target(user, &target).await?;
-        let body = futures_util::stream::iter(head.into_iter().map(Ok)).chain(body);
-        let received = self.staging.receive(body, self.max_upload).await?;
+        let body = futures_util::stream::iter(head.chunks.into_iter().map(Ok)).chain(body);
+        let mut staged = self.staging.receive(body, self.max_upload).await?;
         failpoint("upload.staged");
         let mut content = NewContent {
-            sha1: received.sha1().to_owned(),
+            sha1: staged.sha1.clone(),
             sha256: None,
-            size: received.size() as i64,
+            size: staged.size as i64,
             inline: None,
         };
         // New content is synced and linked into the object store here (step 3 above),
         // so that `place` in the transaction finds it there and has nothing to flush while
-        // the write gate is held; small content goes into its row instead. A dedup hit
-        // skips both, and compares second hashes instead.
-        let known = self.meta.content(&content.sha1).await?;
+        // the write gate is held. A dedup hit skips it, and compares second hashes instead.
+        let known = self.meta.content(&staged.sha1).await?;
         let m = crate::metrics::global();
-        crate::metrics::add(&m.bytes_in, content.size as u64);
-        let staged = match received {
-            Received::Inline { data, .. } => Upload::Memory(data),
-            Received::Staged(staged) => Upload::File(staged),
-        };
-        let staged = match known {
+        crate::metrics::add(&m.bytes_in, staged.size);
+        match known {
             Some(c) if c.store != STORE_LOCAL || self.staging.objects().contains(&c.sha1) => {
-                content.sha256 = Some(self.second_hash_against(Some(c), &content, staged.body()).await?);
+                content.sha256 = Some(
+                    self.second_hash_against(Some(c), &content, Body::File(staged.path()))
+                        .await?,
+                );
                 failpoint("upload.verified");
                 crate::metrics::add(&m.dedup_hits, 1);
-                crate::metrics::add(&m.dedup_bytes_saved, content.size as u64);
-                staged
+                crate::metrics::add(&m.dedup_bytes_saved, staged.size);
             }
-            _ => match staged {
-                Upload::Memory(data) => {
-                    // The row holds the bytes; it takes their second hash now (a few KiB)
-                    // so that an upload of the same bytes racing this one is compared
-                    // without reading anything back.
-                    content.sha256 = Some(hex::encode(sha2::Sha256::digest(&data)));
-                    content.inline = Some(data.clone());
-                    Upload::Memory(data)
-                }
-                Upload::File(staged) => {
-                    // The staged file goes to the blocking thread and comes back: its open
-                    // descriptor is what gets synced (see `LocalStore::place_open`), and
-                    // it stays open until the link is made even if this request is
-                    // dropped meanwhile (a client that went away). Were it dropped here,
-                    // its number could be reused by another upload's temp file before the
-                    // link, and `/proc/self/fd/N` would then link that file's bytes under
-                    // this SHA-1. If placing fails, it is dropped there, and its temp file
-                    // with it.
-                    let objects = self.staging.objects().clone();
-                    let staged = tokio::task::spawn_blocking(move || {
-                        match staged.file() {
-                            Some(file) => objects.place_open(&staged.sha1, staged.path(), file)?,
-                            None => objects.place(&staged.sha1, staged.path())?,
-                        }
-                        Ok::<_, std::io::Error>(staged)
-                    })
-                    .await
-                    .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
-                    .map_err(BlobError::from)?;
-                    failpoint("upload.linked");
-                    Upload::File(staged)
-                }
-            },
-        };
-        let (entry, _) = self.commit_known(user, target, content, staged.body()).await?;
+            _ => {
+                // The staged file goes to the blocking thread and comes back: its open
+                // descriptor is what gets synced (see `LocalStore::place_open`), and it
+                // stays open until the link is made even if this request is dropped
+                // meanwhile (a client that went away). Were it dropped here, its number
+                // could be reused by another upload's temp file before the link, and
+                // `/proc/self/fd/N` would then link that file's bytes under this SHA-1.
+                // If placing fails, it is dropped there, and its temp file with it.
+                let objects = self.staging.objects().clone();
+                staged = tokio::task::spawn_blocking(move || {
+                    match staged.file() {
+                        Some(file) => objects.place_open(&staged.sha1, staged.path(), file)?,
+                        None => objects.place(&staged.sha1, staged.path())?,
+                    }
+                    Ok::<_, std::io::Error>(staged)
+                })
+                .await
+                .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+                .map_err(BlobError::from)?;
+                failpoint("upload.linked");
+            }
+        }
+        let (entry, _) = self
+            .commit_known(user, target, content, Body::File(staged.path()))
+            .await?;
         failpoint("upload.committed");
-        tracing::debug!(user = %user.name, sha1 = %entry.sha1.as_deref().unwrap_or(""), size = entry.size, "upload committed");
+        tracing::debug!(user = %user.name, sha1 = %staged.sha1, size = staged.size, "upload committed");
         Ok(entry)
     }
 
     /// `upload` of a body that ended within [`INLINE_MAX`]: hashed here, and stored in
     /// its content row by the transaction that makes the entry, unless that row exists
     /// (then the second hashes are compared, as for any dedup hit).
-    async fn upload_inline(&self, user: &User, target: UploadTarget, chunks: Vec<Bytes>) -> Result<Entry> {
-        let data = crate::blob::join_chunks(chunks);
+    async fn upload_inline(&self, user: &User, target: UploadTarget, data: Bytes) -> Result<Entry> {
         failpoint("upload.staged");
         let size = data.len() as u64;
-        let content = NewContent {
-            sha1: hex::encode(sha1::Sha1::digest(&data)),
-            sha256: Some(hex::encode(sha2::Sha256::digest(&data))),
-            size: size as i64,
-            inline: Some(data.clone()),
-        };
+        let content = inline_content(hex::encode(sha1::Sha1::digest(&data)), &data);
         let m = crate::metrics::global();
         crate::metrics::add(&m.bytes_in, size);
         let (entry, shared) = self.commit_known(user, target, content, Body::Memory(&data)).await?;
@@ -316,7 +280,7 @@ impl Drive {
         path: &Path,
     ) -> Result<Entry> {
         if content.size >= 0 && content.size as u64 <= crate::blob::INLINE_MAX {
-            let data = Bytes::from(std::fs::read(path).map_err(BlobError::from)?);
+            let data = Bytes::from(tokio::fs::read(path).await.map_err(BlobError::from)?);
             if data.len() as i64 != content.size {
                 return Err(BlobError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -324,9 +288,7 @@ impl Drive {
                 ))
                 .into());
             }
-            // Its second hash costs nothing at this size: compared if the row exists.
-            content.sha256 = Some(hex::encode(sha2::Sha256::digest(&data)));
-            content.inline = Some(data.clone());
+            let content = inline_content(content.sha1, &data);
             return Ok(self.commit_known(user, target, content, Body::Memory(&data)).await?.0);
         }
         let body = Body::File(path);

@@ -2,7 +2,7 @@
 //!
 //! Uploads are streamed into a temp file under `staging/incoming/` while SHA-1 and SHA-256
 //! are computed ([`Staging::receive`]); those of at most [`INLINE_MAX`] bytes stay in memory
-//! and are stored in their content row. When the metadata transaction commits the content,
+//! (`Drive::upload` tells them apart with [`read_head`]) and are stored in their content row. When the metadata transaction commits the content,
 //! the temp file is hard-linked to `staging/objects/ab/<sha1>` (if no copy is there yet)
 //! and then dropped: content is written once, and never rewritten in place.
 
@@ -19,7 +19,7 @@ use futures_util::Stream;
 pub use local::{is_sha1_hex, LocalStore};
 pub use router::StoreRouter;
 pub use s3::S3Store;
-pub use staging::{hash_file, hash_rest, join_chunks, sha256_file, Digests, Received, StagedFile, Staging};
+pub use staging::{hash_file, hash_rest, join_chunks, read_head, sha256_file, Digests, Head, StagedFile, Staging};
 
 /// Contents up to this size are stored in their metadata row (`inline`) instead of as a
 /// file on the staging disk: a small upload is then one transaction, with no temp file,

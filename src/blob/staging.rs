@@ -35,30 +35,44 @@ pub struct Staging {
     anonymous: bool,
 }
 
-/// A body as [`Staging::receive`] got it.
-#[derive(Debug)]
-pub enum Received {
-    /// At most [`INLINE_MAX`](super::INLINE_MAX) bytes, kept in memory: stored in the
-    /// content row if new.
-    Inline { data: Bytes, sha1: String },
-    /// Anything larger, in a temp file.
-    Staged(StagedFile),
+/// The first bytes of a body, read by [`read_head`].
+pub struct Head {
+    pub chunks: Vec<Bytes>,
+    pub size: u64,
+    /// The body ended within the bytes asked for: `chunks` is all of it.
+    pub ended: bool,
 }
 
-impl Received {
-    pub fn sha1(&self) -> &str {
-        match self {
-            Received::Inline { sha1, .. } => sha1,
-            Received::Staged(f) => &f.sha1,
+/// Reads `body` until it ends or more than `upto` bytes came, refusing it with `TooLarge`
+/// past `limit`. How the drive tells a small body (stored in its row) from a large one,
+/// and how [`Staging::receive`] tells one to write in one call from one to stream.
+pub async fn read_head<S, E>(body: &mut S, upto: u64, limit: Option<u64>) -> Result<Head, BlobError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    let mut head = Head {
+        chunks: Vec::new(),
+        size: 0,
+        ended: false,
+    };
+    while head.size <= upto {
+        match body.next().await {
+            None => {
+                head.ended = true;
+                break;
+            }
+            Some(Ok(chunk)) => {
+                head.size += chunk.len() as u64;
+                if let Some(limit) = limit.filter(|l| head.size > *l) {
+                    return Err(BlobError::TooLarge { limit });
+                }
+                head.chunks.push(chunk);
+            }
+            Some(Err(e)) => return Err(BlobError::Body(e.to_string())),
         }
     }
-
-    pub fn size(&self) -> u64 {
-        match self {
-            Received::Inline { data, .. } => data.len() as u64,
-            Received::Staged(f) => f.size,
-        }
-    }
+    Ok(head)
 }
 
 /// A fully received upload with its SHA-1, not yet synced (`LocalStore::place` does that).
@@ -197,36 +211,22 @@ impl Staging {
     /// Streams `body` into a new temp file, computing SHA-1 and size on the way. Over
     /// `limit` bytes the upload is refused with `TooLarge` and the temp file removed. Memory use is bounded by the queue, whatever the body's size.
     ///
-    /// A body of at most [`INLINE_MAX`](super::INLINE_MAX) bytes stays in memory. One of
-    /// at most [`SMALL_BODY`] bytes is gathered in memory first and then hashed and written
-    /// in one blocking call; a larger one streams through a writer thread.
-    pub async fn receive<S, E>(&self, body: S, limit: Option<u64>) -> Result<Received, BlobError>
+    /// A body of at most [`SMALL_BODY`] bytes is gathered in memory first and then hashed
+    /// and written in one blocking call; a larger one streams through a writer thread.
+    /// (The drive keeps bodies of at most [`INLINE_MAX`](super::INLINE_MAX) bytes in
+    /// memory and never calls this for them.)
+    pub async fn receive<S, E>(&self, body: S, limit: Option<u64>) -> Result<StagedFile, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: Display,
     {
         let mut body = std::pin::pin!(body);
-        let mut head = Vec::new();
-        let mut size = 0u64;
-        loop {
-            match body.next().await {
-                None if size <= super::INLINE_MAX => return Ok(inline(head)),
-                None => return self.write_small(head, size).await.map(Received::Staged),
-                Some(Ok(chunk)) => {
-                    size += chunk.len() as u64;
-                    if let Some(limit) = limit.filter(|l| size > *l) {
-                        return Err(BlobError::TooLarge { limit });
-                    }
-                    head.push(chunk);
-                    if size > SMALL_BODY {
-                        break;
-                    }
-                }
-                Some(Err(e)) => return Err(BlobError::Body(e.to_string())),
-            }
+        let head = read_head(&mut body, SMALL_BODY, limit).await?;
+        if head.ended {
+            return self.write_small(head.chunks, head.size).await;
         }
-        let rest = futures_util::stream::iter(head.into_iter().map(Ok)).chain(body);
-        self.receive_stream(rest, limit).await.map(Received::Staged)
+        let rest = futures_util::stream::iter(head.chunks.into_iter().map(Ok)).chain(body);
+        self.receive_stream(rest, limit).await
     }
 
     /// Hashes and writes a body received whole, off the async threads.
@@ -331,13 +331,6 @@ pub fn join_chunks(chunks: Vec<Bytes>) -> Bytes {
         Ok([one]) => one,
         Err(chunks) => chunks.concat().into(),
     }
-}
-
-/// A small body, joined, with its SHA-1.
-fn inline(chunks: Vec<Bytes>) -> Received {
-    let data = join_chunks(chunks);
-    let sha1 = hex::encode(sha1::Sha1::digest(&data));
-    Received::Inline { data, sha1 }
 }
 
 /// Whether the file at `path` was last modified more than `age` ago.
