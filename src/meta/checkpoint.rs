@@ -64,6 +64,8 @@ impl Pending {
 pub(super) struct WriteGate<'a> {
     pub(super) lock: Option<MutexGuard<'a, super::tx::Writer>>,
     pub(super) pending: Option<&'a Pending>,
+    /// Where `lock` came from, to take it again (tx.rs).
+    pub(super) gate: Option<&'a std::sync::Arc<super::tx::Gate>>,
 }
 
 impl Drop for WriteGate<'_> {

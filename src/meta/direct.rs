@@ -51,6 +51,10 @@ pub enum DirectError {
     Unavailable,
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The commit of the batch a write transaction was in failed (tx.rs), or its batch
+    /// was rolled back with another transaction of it.
+    #[error("commit: {0}")]
+    Commit(std::sync::Arc<str>),
 }
 
 impl DirectError {

@@ -126,9 +126,8 @@ impl MetaStore {
         retry_in_ms: i64,
         max_attempts: i64,
     ) -> Result<String, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         let error: String = error.chars().take(1000).collect();
         tx.exec(
             // state before attempts: MySQL evaluates SET clauses left to right with the new
@@ -163,9 +162,8 @@ impl MetaStore {
     }
 
     async fn try_content_moved(&self, job: i64, sha1: &str, key: &str) -> Result<Moved, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         let pointed = tx
             .exec(
                 // An inline content's bytes leave its row with it.

@@ -65,8 +65,7 @@ impl MetaStore {
     }
 
     async fn try_patch_props(&self, owner: i64, id: i64, changes: &[PropChange]) -> Result<(), MetaError> {
-        let mut g = self.write_gate().await;
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         // Lock the entry (and check it is the owner's) before touching its properties.
         let locked = tx
             .exec(

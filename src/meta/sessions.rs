@@ -41,8 +41,7 @@ macro_rules! session_cols {
 
 impl MetaStore {
     pub async fn session_create(&self, s: &UploadSession) -> Result<(), MetaError> {
-        let mut g = self.write_gate().await;
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         tx.exec(
             concat!(
                 "INSERT INTO upload_sessions (",
@@ -101,8 +100,7 @@ impl MetaStore {
 
     /// Records a part and extends the session, unless it is gone or expired.
     pub async fn session_record_part(&self, id: &str, idx: i64, now: i64, ttl_ms: i64) -> Result<bool, MetaError> {
-        let mut g = self.write_gate().await;
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         let extended = tx
             .exec(
                 "UPDATE upload_sessions SET expires_at = ? WHERE id = ? AND expires_at > ?",
@@ -131,8 +129,7 @@ impl MetaStore {
     }
 
     pub async fn session_delete(&self, id: &str) -> Result<(), MetaError> {
-        let mut g = self.write_gate().await;
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         tx.exec("DELETE FROM upload_parts WHERE session_id = ?", args![id])
             .await?;
         tx.exec("DELETE FROM upload_sessions WHERE id = ?", args![id]).await?;
@@ -149,8 +146,7 @@ impl MetaStore {
 
     /// Deletes expired sessions; returns how many.
     pub async fn session_purge_expired(&self, now: i64) -> Result<u64, MetaError> {
-        let mut g = self.write_gate().await;
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         tx.exec(
             "DELETE FROM upload_parts WHERE session_id IN (SELECT id FROM upload_sessions WHERE expires_at <= ?)",
             args![now],

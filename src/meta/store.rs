@@ -6,12 +6,11 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions};
-use tokio::sync::Mutex;
 
 use super::checkpoint::{Pending, WriteGate, BACKSTOP_PAGES};
 use super::direct::DirectReads;
 use super::error::unique;
-use super::tx::{args, Tx, Writer};
+use super::tx::{args, Gate, Tx};
 use super::types::{EntryKind, UserRow};
 use super::{now_ms, Content, MetaError, RemoveFn, User};
 
@@ -70,7 +69,7 @@ pub struct MetaStore {
     /// SQLite has one writer at a time: write transactions queue here instead of failing
     /// with SQLITE_BUSY when a deferred transaction upgrades to a write. The gate holds the
     /// connection they run on (tx.rs).
-    gate: Option<Arc<Mutex<Writer>>>,
+    pub(super) gate: Option<Arc<Gate>>,
     /// SQLite: write transactions counted for the background checkpoints (checkpoint.rs).
     pub(super) pending: Option<Arc<Pending>>,
     /// Whether new content gets a transfer job (object storage is configured).
@@ -114,15 +113,25 @@ impl MetaStore {
             .map_err(MetaError::from)
     }
 
-    /// Begins a write transaction holding `gate`: on SQLite on the gate's own connection,
-    /// on this thread (tx.rs); on MySQL on the pool.
-    pub(super) async fn begin_write<'g>(&self, gate: &'g mut WriteGate<'_>) -> Result<Tx<'g>, MetaError> {
-        if let Some(writer) = gate.lock.as_deref_mut() {
-            if let Some(tx) = Tx::begin_direct(writer).await? {
-                return Ok(tx);
-            }
+    /// Begins a write transaction: on SQLite on the write gate's own connection, on this
+    /// thread, committed together with those that queue behind it (tx.rs); on MySQL on
+    /// the pool.
+    pub(super) async fn write_tx(&self) -> Result<Tx<'_>, MetaError> {
+        self.begin_write(self.enter_gate().await, false).await
+    }
+
+    /// A write transaction committed on its own, never in a batch with others: for one
+    /// that deletes bytes before its commit, which a batch failing because of another
+    /// transaction would then roll back.
+    pub(super) async fn write_tx_alone(&self) -> Result<Tx<'_>, MetaError> {
+        self.begin_write(self.write_gate().await, true).await
+    }
+
+    async fn begin_write<'a>(&'a self, gate: WriteGate<'a>, alone: bool) -> Result<Tx<'a>, MetaError> {
+        match Tx::begin_direct(gate, alone).await? {
+            Ok(tx) => Ok(tx),
+            Err(gate) => Ok(Tx::pool(gate, self.begin().await?)),
         }
-        Ok(Tx::pool(self.begin().await?))
     }
 
     /// Connects (creating the database if it does not exist) and applies the migrations.
@@ -181,8 +190,7 @@ impl MetaStore {
         } else {
             None
         };
-        let gate = (dialect == Dialect::Sqlite)
-            .then(|| Arc::new(Mutex::new(Writer::new(direct.as_ref().map(|d| d.path.clone())))));
+        let gate = (dialect == Dialect::Sqlite).then(|| Arc::new(Gate::new(direct.as_ref().map(|d| d.path.clone()))));
         let pending = (dialect == Dialect::Sqlite).then(|| Arc::new(Pending::default()));
         Ok(MetaStore {
             pool,
@@ -224,13 +232,27 @@ impl MetaStore {
         self.pool.close().await;
     }
 
+    /// The write gate with no batch open (tx.rs), for writes that go through the pool or
+    /// must not join one: a batch left open holds SQLite's write lock.
     pub(super) async fn write_gate(&self) -> WriteGate<'_> {
+        let mut g = self.enter_gate().await;
+        if let Some(w) = g.lock.as_deref_mut() {
+            if let Err(e) = w.flush() {
+                tracing::warn!(error = %e, "commit of a batch of writes failed");
+            }
+        }
+        g
+    }
+
+    /// The write gate as it is, a batch open or not.
+    pub(super) async fn enter_gate(&self) -> WriteGate<'_> {
         WriteGate {
             lock: match &self.gate {
-                Some(m) => Some(m.lock().await),
+                Some(g) => Some(g.lock().await),
                 None => None,
             },
             pending: self.pending.as_deref(),
+            gate: self.gate.as_ref(),
         }
     }
 
@@ -334,9 +356,8 @@ impl MetaStore {
 
     /// Stores the hash of a new bearer token and records the sign-in as activity.
     pub async fn insert_token(&self, token_hash: &str, user_id: i64, expires_at: i64) -> Result<(), MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         tx.exec(
             "INSERT INTO tokens (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
             args![token_hash, user_id, now, expires_at],
@@ -421,8 +442,7 @@ impl MetaStore {
     /// Records the second hash of stored content, computed from its bytes, unless one is
     /// recorded already. Returns the hash the row holds afterwards.
     pub async fn set_sha256(&self, sha1: &str, sha256: &str) -> Result<String, MetaError> {
-        let mut g = self.write_gate().await;
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         tx.exec(
             "UPDATE files SET sha256 = ? WHERE sha1 = ? AND sha256 = ''",
             args![sha256, sha1],
@@ -463,8 +483,7 @@ impl MetaStore {
         cutoff: i64,
         remove: &RemoveFn<'_>,
     ) -> Result<Option<Content>, MetaError> {
-        let mut g = self.write_gate().await;
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx_alone().await?;
         let sql = concat!("SELECT ", file_cols!(), " FROM files WHERE sha1 = ?");
         let Some(content): Option<Content> = tx.opt(sql, args![sha1]).await? else {
             return Ok(None);

@@ -150,9 +150,8 @@ impl MetaStore {
     }
 
     async fn try_mkdir(&self, owner: i64, parent: i64, name: &str, mode: i64) -> Result<Entry, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         dir(&mut tx, owner, parent).await?;
         let id = insert(&mut tx, owner, parent, name, EntryKind::Dir, None, 0, mode, now, now).await?;
         let e = get(&mut tx, owner, id).await?.ok_or(MetaError::NotFound)?;
@@ -173,11 +172,10 @@ impl MetaStore {
     }
 
     async fn try_commit_file(&self, req: &CommitFile, place: &PlaceFn<'_>) -> Result<Entry, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
         let mtime = req.mtime.unwrap_or(now);
         let c = &req.content;
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         // The upsert is the first statement so that it takes the content row's lock before
         // anything is read: a garbage collection of the same content cannot interleave.
         let content = upsert_content(&mut tx, self.dialect, c, now).await?;
@@ -302,9 +300,8 @@ impl MetaStore {
         new_name: &str,
         overwrite: Overwrite,
     ) -> Result<Entry, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         // Lock the source row first (an UPDATE that changes nothing but ctime).
         tx.exec(
             "UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL",
@@ -361,9 +358,8 @@ impl MetaStore {
         new_name: &str,
         overwrite: Overwrite,
     ) -> Result<Entry, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         // Lock the destination directory first so concurrent copies into it serialise.
         let locked = tx
             .exec(
@@ -415,9 +411,8 @@ impl MetaStore {
     }
 
     async fn try_delete(&self, owner: i64, id: i64, recursive: bool) -> Result<DeleteStats, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         // The update comes first so that it takes the row's lock before anything is read.
         tx.exec(
             "UPDATE entries SET ctime = ? WHERE id = ? AND owner = ? AND parent IS NOT NULL",
@@ -451,9 +446,8 @@ impl MetaStore {
         name: &str,
         kind: Option<EntryKind>,
     ) -> Result<DeleteStats, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         tx.exec(
             "UPDATE entries SET ctime = ? WHERE owner = ? AND parent = ? AND name = ?",
             args![now, owner, parent, name.as_bytes()],
@@ -484,9 +478,8 @@ impl MetaStore {
         mode: Option<i64>,
         mtime: Option<i64>,
     ) -> Result<Entry, MetaError> {
-        let mut g = self.write_gate().await;
         let now = now_ms();
-        let mut tx = self.begin_write(&mut g).await?;
+        let mut tx = self.write_tx().await?;
         tx.exec(
             "UPDATE entries SET mode = COALESCE(?, mode), mtime = COALESCE(?, mtime), ctime = ? WHERE id = ? AND owner = ?",
             args![mode, mtime, now, id, owner],

@@ -18,19 +18,41 @@
 //! the write lock also spares such a transaction what a deferred one risks: reading a
 //! snapshot that another process's commit makes stale, and failing at its first write.)
 //!
+//! Group commit. Most of what a small write transaction costs SQLite is its `COMMIT`:
+//! every page it changed is appended to the log, about ten for a 4 KiB PUT, several of
+//! them the same pages as the last transaction's (the directory's, the index roots'),
+//! and the background checkpoint copies each of those frames again later. So when a
+//! transaction commits while others are queued at the gate, it leaves its work in an open
+//! batch: each transaction runs inside `SAVEPOINT tx` of one `BEGIN IMMEDIATE`, and the
+//! first that commits with nobody queued behind it, or the first member to get the gate
+//! back, commits the whole batch at once (at most [`MAX_BATCH`] transactions). Nobody
+//! is told of a commit before it happened: a member's `commit` returns only once its
+//! batch is committed, and if that fails, or SQLite rolls the batch back under one
+//! member (an I/O error, a full disk), every member fails. A member that fails on its
+//! own (a name taken, a collision) rolls back to its savepoint, and the rest of the
+//! batch stays. A lone writer pays nothing: with nobody queued it commits at once. A
+//! member whose request goes away while it waits hands the commit to a task, so a batch
+//! never stays open holding the write lock. A transaction that deletes bytes before it
+//! commits (garbage collection) runs alone, so that another member's failure cannot roll
+//! back the row of bytes already gone; and every use of the gate that is not a
+//! transaction here (sqlx statements on the pool) commits an open batch first.
+//!
 //! The transaction bodies in `tree.rs` are written once against [`Tx`], which is either
 //! such a transaction or an sqlx one (MySQL; an in-memory SQLite database, which has no
 //! second way in; a file this connection could not open).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _};
+use tokio::sync::{watch, Mutex, MutexGuard};
 
-use super::checkpoint::BACKSTOP_PAGES;
+use super::checkpoint::{WriteGate, BACKSTOP_PAGES};
 use super::direct::DirectError;
 use super::types::EntryRow;
 use super::{Content, MetaError};
@@ -173,21 +195,96 @@ impl FromDb for (i64, Option<String>) {
     }
 }
 
-/// What the write gate guards on SQLite: the connection write transactions run on.
+/// Write transactions committed together at most (one `COMMIT` for the whole batch).
+const MAX_BATCH: usize = 64;
+
+/// The write gate on SQLite: the lock that serialises writers, with the connection they
+/// run on, and a count of the tasks waiting for it.
+pub(super) struct Gate {
+    writer: Mutex<Writer>,
+    /// Tasks waiting in [`Gate::lock`]. A transaction that commits while others wait
+    /// leaves its batch open for them (see [`Tx::commit`]).
+    queued: AtomicUsize,
+}
+
+impl Gate {
+    pub(super) fn new(path: Option<PathBuf>) -> Gate {
+        Gate {
+            writer: Mutex::new(Writer::new(path)),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// The writer, counted among the waiters until it is ours. Tokio's mutex is fair:
+    /// waiters get it in the order they asked.
+    pub(super) async fn lock(&self) -> MutexGuard<'_, Writer> {
+        struct Queued<'a>(&'a AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let _queued = Queued(&self.queued);
+        self.writer.lock().await
+    }
+
+    /// Transactions waiting for the writer now.
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+}
+
+/// How a batch ended, for every transaction in it: the error is a message, since one
+/// failure is handed to many.
+type Outcome = Option<Result<(), Arc<str>>>;
+
+/// A batch of write transactions inside one `BEGIN IMMEDIATE`: each ran in a savepoint of
+/// its own, and those that were released wait for the `COMMIT` of the whole.
+struct Batch {
+    /// Transactions released into it (their savepoints), waiting for its commit.
+    released: usize,
+    outcome: watch::Sender<Outcome>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Every way a batch ends tells its transactions; this covers the ones that do not
+        // say how (a connection dropped with it).
+        self.outcome.send_if_modified(|o| {
+            if o.is_none() {
+                *o = Some(Err("the batch's connection was closed before its commit".into()));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// What the write gate guards on SQLite: the connection write transactions run on, and
+/// the batch open on it.
 pub(super) struct Writer {
     /// The database file, or `None` when there is no second way into it (in memory).
     path: Option<PathBuf>,
     conn: Option<Connection>,
     /// Set when the connection could not be opened: transactions then all go to sqlx.
     off: bool,
+    /// The open batch, if any: while it is, this connection holds the write lock.
+    batch: Option<Batch>,
+    /// Batches committed, and the transactions they held (for the tests and the log).
+    #[cfg_attr(not(test), allow(dead_code))]
+    committed: (u64, u64),
 }
 
 impl Writer {
-    pub(super) fn new(path: Option<PathBuf>) -> Writer {
+    fn new(path: Option<PathBuf>) -> Writer {
         Writer {
             path,
             conn: None,
             off: false,
+            batch: None,
+            committed: (0, 0),
         }
     }
 
@@ -204,6 +301,76 @@ impl Writer {
             }
         }
         self.conn.as_mut()
+    }
+
+    /// Commits the open batch, if any, and tells its transactions how that went.
+    pub(super) fn flush(&mut self) -> Result<(), MetaError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        let conn = self.conn.as_mut().expect("a batch is open on a connection");
+        let res = conn.execute_batch("COMMIT");
+        if res.is_ok() {
+            self.committed.0 += 1;
+            self.committed.1 += batch.released as u64;
+        } else if !conn.is_autocommit() {
+            // A failed COMMIT leaves the transaction open.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        batch
+            .outcome
+            .send_replace(Some(res.as_ref().map(|_| ()).map_err(|e| e.to_string().into())));
+        res.map_err(lite)
+    }
+
+    /// Opens a transaction's savepoint, in the open batch or a new one.
+    async fn begin_member(&mut self) -> Result<(), MetaError> {
+        if self.batch.is_none() {
+            let conn = self.conn.as_mut().expect("an open connection");
+            match conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => {}
+                Err(e) if is_busy(&e) => wait_for_lock(self).await?,
+                Err(e) => return Err(lite(e)),
+            }
+            self.batch = Some(Batch {
+                released: 0,
+                outcome: watch::Sender::new(None),
+            });
+        }
+        let conn = self.conn.as_mut().expect("an open connection");
+        if let Err(e) = conn.execute_batch("SAVEPOINT tx") {
+            self.abandon_member();
+            return Err(lite(e));
+        }
+        Ok(())
+    }
+
+    /// Undoes the current transaction's savepoint; the rest of the batch stays. If SQLite
+    /// already rolled back the whole batch (an I/O error, a full disk), the transactions
+    /// released into it learn that it failed.
+    fn abandon_member(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            self.batch = None;
+            return;
+        };
+        let undone = conn.is_autocommit() || conn.execute_batch("ROLLBACK TO tx; RELEASE tx").is_err();
+        let empty = self.batch.as_ref().is_none_or(|b| b.released == 0);
+        if undone || empty {
+            // Nothing of the batch can or need be kept: end it rather than hold the write
+            // lock for nothing.
+            if !conn.is_autocommit() {
+                if let Err(e) = conn.execute_batch("ROLLBACK") {
+                    tracing::warn!(error = %e, "rollback failed");
+                }
+            }
+            if let Some(b) = self.batch.take() {
+                if b.released > 0 {
+                    b.outcome.send_replace(Some(Err(
+                        "rolled back with a failed transaction of the same batch".into()
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -222,31 +389,64 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// A write transaction, begun by `MetaStore::begin_write`. Dropped without `commit`, it
-/// rolls back.
-pub(super) struct Tx<'g> {
-    inner: Inner<'g>,
+/// A write transaction, begun by `MetaStore::write_tx`; it holds the write gate until it
+/// ends. Dropped without `commit`, it rolls back.
+pub(super) struct Tx<'a> {
+    gate: WriteGate<'a>,
+    inner: Inner,
 }
 
-enum Inner<'g> {
+enum Inner {
     Pool(sqlx::Transaction<'static, Any>),
-    Direct(Direct<'g>),
+    /// A savepoint in the writer's open batch; `open` until released. `alone`: committed
+    /// at once, never left open for others to join.
+    Direct {
+        open: bool,
+        alone: bool,
+    },
+    Ended,
 }
 
-/// A transaction on the gate's connection, inside `BEGIN IMMEDIATE`; `open` until committed.
-struct Direct<'g> {
-    conn: &'g mut Connection,
-    open: bool,
-}
-
-impl Drop for Direct<'_> {
+impl Drop for Tx<'_> {
     fn drop(&mut self) {
-        if self.open {
+        if let Inner::Direct { open: true, .. } = self.inner {
             // Also reached when the request's future is dropped midway (a client that
             // went away): nothing of the transaction stays.
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-                tracing::warn!(error = %e, "rollback failed");
+            if let Some(w) = self.gate.lock.as_deref_mut() {
+                w.abandon_member();
             }
+        }
+    }
+}
+
+/// A transaction waiting for its batch's commit without the gate. Dropped before the
+/// batch ended (its request went away), it makes sure somebody commits the batch: the
+/// transactions of others are in it, and it holds the database's write lock.
+struct Waiting {
+    gate: Option<Arc<Gate>>,
+    outcome: watch::Receiver<Outcome>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(gate) = self.gate.take() else {
+            return;
+        };
+        if self.outcome.borrow().is_some() {
+            return;
+        }
+        let outcome = self.outcome.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut writer = gate.lock().await;
+                // Still open, the batch is the one open now: a batch ends only by
+                // telling its outcome, and the next one opens after.
+                if outcome.borrow().is_none() {
+                    if let Err(e) = writer.flush() {
+                        tracing::warn!(error = %e, "commit of an abandoned batch failed");
+                    }
+                }
+            });
         }
     }
 }
@@ -289,35 +489,47 @@ fn with_stmt<T>(
     f(&mut stmt).map_err(lite)
 }
 
-impl<'g> Tx<'g> {
-    pub(super) fn pool(tx: sqlx::Transaction<'static, Any>) -> Tx<'g> {
-        Tx { inner: Inner::Pool(tx) }
+impl<'a> Tx<'a> {
+    pub(super) fn pool(gate: WriteGate<'a>, tx: sqlx::Transaction<'static, Any>) -> Tx<'a> {
+        Tx {
+            gate,
+            inner: Inner::Pool(tx),
+        }
     }
 
-    /// Begins a transaction on the gate's connection; `Ok(None)` when there is no such
-    /// connection and the caller should use the pool.
-    pub(super) async fn begin_direct(writer: &'g mut Writer) -> Result<Option<Tx<'g>>, MetaError> {
-        let Some(conn) = writer.conn() else {
-            return Ok(None);
+    /// Begins a transaction on the gate's connection, in the batch open there or a new
+    /// one; gives the gate back when there is no such connection and the caller should
+    /// use the pool.
+    pub(super) async fn begin_direct(
+        mut gate: WriteGate<'a>,
+        alone: bool,
+    ) -> Result<Result<Tx<'a>, WriteGate<'a>>, MetaError> {
+        let Some(writer) = gate.lock.as_deref_mut() else {
+            return Ok(Err(gate));
         };
-        match conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => {}
-            Err(e) if is_busy(&e) => wait_for_lock(writer).await?,
-            Err(e) => return Err(lite(e)),
+        if writer.conn().is_none() {
+            return Ok(Err(gate));
         }
-        let conn = writer.conn.as_mut().expect("the connection is back");
-        Ok(Some(Tx {
-            inner: Inner::Direct(Direct { conn, open: true }),
+        writer.begin_member().await?;
+        Ok(Ok(Tx {
+            gate,
+            inner: Inner::Direct { open: true, alone },
         }))
+    }
+
+    /// The writer's connection, for a direct transaction.
+    fn conn<'b>(gate: &'b mut WriteGate<'a>) -> &'b mut Connection {
+        let writer = gate.lock.as_deref_mut().expect("a direct transaction holds the gate");
+        writer.conn.as_mut().expect("and its connection")
     }
 
     /// Runs a statement; returns the number of rows it changed.
     pub(super) async fn exec(&mut self, sql: impl Into<Sql>, args: &[Arg<'_>]) -> Result<u64, MetaError> {
         match &mut self.inner {
             Inner::Pool(tx) => Ok(pool_query(sql.into(), args).execute(&mut **tx).await?.rows_affected()),
-            Inner::Direct(Direct { conn, .. }) => {
-                with_stmt(conn, &sql.into(), args, |s| s.raw_execute().map(|n| n as u64))
-            }
+            Inner::Direct { .. } | Inner::Ended => with_stmt(Self::conn(&mut self.gate), &sql.into(), args, |s| {
+                s.raw_execute().map(|n| n as u64)
+            }),
         }
     }
 
@@ -328,7 +540,8 @@ impl<'g> Tx<'g> {
                 let res = pool_query(sql.into(), args).execute(&mut **tx).await?;
                 super::store::last_id(tx, &res).await
             }
-            Inner::Direct(Direct { conn, .. }) => {
+            Inner::Direct { .. } | Inner::Ended => {
+                let conn = Self::conn(&mut self.gate);
                 with_stmt(conn, &sql.into(), args, |s| s.raw_execute())?;
                 Ok(conn.last_insert_rowid())
             }
@@ -346,7 +559,7 @@ impl<'g> Tx<'g> {
                 Some(row) => Ok(Some(T::from_any(&row)?)),
                 None => Ok(None),
             },
-            Inner::Direct(Direct { conn, .. }) => with_stmt(conn, &sql.into(), args, |s| {
+            Inner::Direct { .. } | Inner::Ended => with_stmt(Self::conn(&mut self.gate), &sql.into(), args, |s| {
                 let mut rows = s.raw_query();
                 rows.next()?.map(T::from_lite).transpose()
             }),
@@ -360,7 +573,7 @@ impl<'g> Tx<'g> {
                 let rows = pool_query(sql.into(), args).fetch_all(&mut **tx).await?;
                 Ok(rows.iter().map(T::from_any).collect::<Result<_, _>>()?)
             }
-            Inner::Direct(Direct { conn, .. }) => with_stmt(conn, &sql.into(), args, |s| {
+            Inner::Direct { .. } | Inner::Ended => with_stmt(Self::conn(&mut self.gate), &sql.into(), args, |s| {
                 let mut rows = s.raw_query();
                 let mut out = Vec::new();
                 while let Some(row) = rows.next()? {
@@ -371,15 +584,48 @@ impl<'g> Tx<'g> {
         }
     }
 
-    pub(super) async fn commit(self) -> Result<(), MetaError> {
-        match self.inner {
-            Inner::Pool(tx) => Ok(tx.commit().await?),
-            Inner::Direct(mut d) => {
-                // A failed COMMIT leaves the transaction open: the drop rolls it back.
-                d.conn.execute_batch("COMMIT").map_err(lite)?;
-                d.open = false;
-                Ok(())
-            }
+    /// Commits. On the SQLite writer the transaction's savepoint is released into its
+    /// batch, and the batch is committed unless other transactions are waiting for the
+    /// gate: then they run inside the same batch, and whichever comes to the gate with
+    /// nobody behind it, or the first of them to get it back, commits all of them with one
+    /// `COMMIT` (group commit). Each commit returns once its batch is committed, so that
+    /// what a caller does after it (answering a client) still follows a durable commit;
+    /// a batch that fails fails for every transaction in it.
+    pub(super) async fn commit(mut self) -> Result<(), MetaError> {
+        let alone = match std::mem::replace(&mut self.inner, Inner::Ended) {
+            Inner::Pool(tx) => return Ok(tx.commit().await?),
+            Inner::Direct { alone, .. } => alone,
+            Inner::Ended => unreachable!("a transaction ends once"),
+        };
+        if let Err(e) = Self::conn(&mut self.gate).execute_batch("RELEASE tx") {
+            self.inner = Inner::Direct { open: true, alone };
+            return Err(lite(e));
+        }
+        let gate = self.gate.gate.expect("a direct transaction holds the gate");
+        let writer = self
+            .gate
+            .lock
+            .as_deref_mut()
+            .expect("a direct transaction holds the gate");
+        let batch = writer.batch.as_mut().expect("a savepoint was released into a batch");
+        batch.released += 1;
+        if alone || gate.queued() == 0 || batch.released >= MAX_BATCH {
+            return writer.flush();
+        }
+        let outcome = batch.outcome.subscribe();
+        self.gate.lock = None;
+        let mut waiting = Waiting {
+            gate: Some(gate.clone()),
+            outcome,
+        };
+        let mut writer = gate.lock().await;
+        waiting.gate = None;
+        let ended = waiting.outcome.borrow().clone();
+        match ended {
+            Some(res) => res.map_err(|m| MetaError::Direct(DirectError::Commit(m))),
+            // Still open: nobody after this transaction came to the gate with nobody
+            // behind them, so the batch is this one's to commit.
+            None => writer.flush(),
         }
     }
 }
@@ -431,5 +677,151 @@ pub(super) fn is_unique_violation(e: &MetaError) -> bool {
             matches!(f.extended_code, SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::meta::MetaStore;
+
+    async fn store(dir: &tempfile::TempDir) -> (MetaStore, i64, i64) {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
+        let m = MetaStore::connect(&url, 4).await.unwrap();
+        let u = m.create_user("batch", "x", false).await.unwrap();
+        let root = m.root(u.id).await.unwrap();
+        (m, u.id, root.id)
+    }
+
+    /// Yields until `cond` holds (the spawned tasks run meanwhile on this test's thread).
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let wait = async {
+            while !cond() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("never happened: {what}"));
+    }
+
+    fn gate(m: &MetaStore) -> Arc<Gate> {
+        m.gate.clone().expect("SQLite has a write gate")
+    }
+
+    /// Whether a directory is there for a reader on another connection: committed.
+    async fn committed(m: &MetaStore, owner: i64, root: i64, name: &str) -> bool {
+        let n: Option<i64> = sqlx::query_scalar("SELECT id FROM entries WHERE owner = ? AND parent = ? AND name = ?")
+            .bind(owner)
+            .bind(root)
+            .bind(name.as_bytes())
+            .fetch_optional(&m.pool)
+            .await
+            .unwrap();
+        n.is_some()
+    }
+
+    #[tokio::test]
+    async fn transactions_waiting_for_the_gate_commit_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, owner, root) = store(&dir).await;
+        let g = gate(&m);
+        let before = g.writer.lock().await.committed;
+        // Thirty-two writers queue behind a held gate, as requests do behind a busy one.
+        let hold = m.enter_gate().await;
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let m = m.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = format!("d{i}");
+                m.mkdir(owner, root, &name, 0o755).await.unwrap();
+                // Committed before the call returned, not merely released into a batch.
+                assert!(committed(&m, owner, root, &name).await, "{name} committed on return");
+            }));
+        }
+        until("32 writers queued", || g.queued() == 32).await;
+        drop(hold);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let after = g.writer.lock().await.committed;
+        let (batches, txs) = (after.0 - before.0, after.1 - before.1);
+        assert_eq!(txs, 32, "every transaction committed once");
+        assert!(batches < 8, "32 queued transactions took {batches} commits");
+        assert_eq!(m.list(owner, root, "", 100).await.unwrap().len(), 32);
+    }
+
+    #[tokio::test]
+    async fn a_failed_transaction_leaves_the_rest_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, owner, root) = store(&dir).await;
+        m.mkdir(owner, root, "taken", 0o755).await.unwrap();
+        let g = gate(&m);
+        let hold = m.enter_gate().await;
+        let mut tasks = Vec::new();
+        for name in ["a", "taken", "b", "c"] {
+            let m = m.clone();
+            tasks.push(tokio::spawn(async move { m.mkdir(owner, root, name, 0o755).await }));
+            let n = tasks.len();
+            until("writer queued", || g.queued() == n).await;
+        }
+        drop(hold);
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok());
+        assert!(matches!(results[1], Err(MetaError::AlreadyExists)), "{:?}", results[1]);
+        for name in ["a", "b", "c", "taken"] {
+            assert!(committed(&m, owner, root, name).await, "{name}");
+        }
+        assert_eq!(m.list(owner, root, "", 100).await.unwrap().len(), 4);
+    }
+
+    /// A transaction whose request goes away while it waits for its batch's commit still
+    /// gets the batch committed: here nobody else is left to do it.
+    #[tokio::test]
+    async fn an_abandoned_wait_still_commits_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, owner, root) = store(&dir).await;
+        let g = gate(&m);
+        let hold = m.enter_gate().await;
+        let writer = {
+            let m = m.clone();
+            tokio::spawn(async move { m.mkdir(owner, root, "a", 0o755).await })
+        };
+        until("writer queued", || g.queued() == 1).await;
+        // Someone else queues for the gate, so the writer leaves its batch open for them.
+        let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let other = {
+            let m = m.clone();
+            tokio::spawn(async move {
+                let held = m.enter_gate().await;
+                got_tx.send(()).unwrap();
+                go_rx.await.unwrap();
+                drop(held);
+            })
+        };
+        until("two queued", || g.queued() == 2).await;
+        drop(hold);
+        got_rx.await.unwrap();
+        // The writer released its savepoint and waits for the gate again.
+        until("writer waits for its commit", || g.queued() == 1).await;
+        assert!(!committed(&m, owner, root, "a").await, "not committed yet");
+        writer.abort();
+        assert!(writer.await.unwrap_err().is_cancelled());
+        go_tx.send(()).unwrap();
+        other.await.unwrap();
+        let seen = async {
+            while !committed(&m, owner, root, "a").await {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), seen)
+            .await
+            .expect("the abandoned batch was committed");
     }
 }
