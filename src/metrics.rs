@@ -33,6 +33,8 @@ pub struct Metrics {
     pub uploads: AtomicU64,
     pub credential_cache_hits: AtomicU64,
     pub credential_cache_misses: AtomicU64,
+    pub sqlite_commits: AtomicU64,
+    pub sqlite_committed_txs: AtomicU64,
 }
 
 /// The process's metrics.
@@ -101,7 +103,7 @@ impl Metrics {
             );
         }
         drop(map);
-        let counters: [(&str, &str, &AtomicU64); 7] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "filestore_bytes_in_total",
                 "Content bytes received (uploads, chunks, WebDAV PUT).",
@@ -132,6 +134,16 @@ impl Metrics {
                 "filestore_credential_cache_misses_total",
                 "Basic-auth verifications that ran argon2.",
                 &self.credential_cache_misses,
+            ),
+            (
+                "filestore_sqlite_commits_total",
+                "COMMITs of the SQLite writer (one per batch of write transactions).",
+                &self.sqlite_commits,
+            ),
+            (
+                "filestore_sqlite_committed_transactions_total",
+                "Write transactions those COMMITs held (over commits: the mean batch).",
+                &self.sqlite_committed_txs,
             ),
         ];
         for (name, help, v) in counters {

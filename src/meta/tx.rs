@@ -272,7 +272,8 @@ pub(super) struct Writer {
     off: bool,
     /// The open batch, if any: while it is, this connection holds the write lock.
     batch: Option<Batch>,
-    /// Batches committed, and the transactions they held (for the tests and the log).
+    /// Batches committed, and the transactions they held (for the tests; the process-wide
+    /// figures are metrics).
     #[cfg_attr(not(test), allow(dead_code))]
     committed: (u64, u64),
 }
@@ -313,6 +314,9 @@ impl Writer {
         if res.is_ok() {
             self.committed.0 += 1;
             self.committed.1 += batch.released as u64;
+            let m = crate::metrics::global();
+            crate::metrics::add(&m.sqlite_commits, 1);
+            crate::metrics::add(&m.sqlite_committed_txs, batch.released as u64);
         } else if !conn.is_autocommit() {
             // A failed COMMIT leaves the transaction open.
             let _ = conn.execute_batch("ROLLBACK");
