@@ -18,6 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use bytes::Bytes;
 use filestore_webdav::{
     Conflict as DavConflict, DavPort, DavUser, DeadProp, Entry as DavEntry, EntryId, EntryKind as DavKind, LockSpaces,
     Millis, Overwrite as DavOverwrite, PortError, PropPatch, Quota, ReadBody, UploadBody, UploadOptions, WebDav,
@@ -154,6 +155,24 @@ impl DavPort for CorePort {
             .await
             .map_err(meta_err)?
             .map(dav_entry))
+    }
+
+    /// Small content is stored in its row: read with the entry by the same query.
+    async fn resolve_with_content(
+        &self,
+        from: EntryId,
+        names: &[&str],
+    ) -> Result<Option<(DavEntry, Option<Bytes>)>, PortError> {
+        if names.is_empty() {
+            return self.get(from).await.map(|e| Some((e, None)));
+        }
+        let found = self
+            .drive
+            .meta()
+            .resolve_with_data(self.owner(), from, names)
+            .await
+            .map_err(meta_err)?;
+        Ok(found.map(|(e, data)| (dav_entry(e), data.map(Bytes::from))))
     }
 
     async fn list(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<DavEntry>, PortError> {

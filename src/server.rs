@@ -196,7 +196,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         "filestore listening"
     );
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
-    let state = AppState {
+    let state = AppState::new(crate::http::Services {
         drive: services.drive.clone(),
         accounts: services.accounts.clone(),
         uploads: services.uploads.clone(),
@@ -205,7 +205,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         dav: Arc::new(crate::dav::DavService::new(locks)),
         config: Arc::new(cfg),
         tickets,
-    };
+    });
     let app = crate::http::router(state);
     let mut rx = stop_rx;
     // A response goes out as headers, then body: with Nagle on, a small body waits behind

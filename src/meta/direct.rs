@@ -139,22 +139,57 @@ impl DirectReads {
     pub(super) fn resolve_some(&self, owner: i64, from: i64, names: &[&str]) -> Result<Option<Entry>, DirectError> {
         let sql = super::resolve::resolve_sql(names.len());
         self.with(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut i = 1;
-            for name in &names[1..] {
-                stmt.raw_bind_parameter(i, name.as_bytes())?;
-                i += 1;
-            }
-            stmt.raw_bind_parameter(i, owner)?;
-            stmt.raw_bind_parameter(i + 1, from)?;
-            stmt.raw_bind_parameter(i + 2, names[0].as_bytes())?;
-            let mut rows = stmt.raw_query();
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut rows = bind_resolve(&mut stmt, owner, from, names)?;
             match rows.next()? {
                 Some(row) => Ok(Some(Entry::from(entry_row(row)?))),
                 None => Ok(None),
             }
         })
     }
+
+    /// `MetaStore::resolve_with_data`: [`Self::resolve_some`] with the content's bytes
+    /// when its row holds them. At most `NAMES_PER_QUERY` names.
+    pub(super) fn resolve_with_data(
+        &self,
+        owner: i64,
+        from: i64,
+        names: &[&str],
+    ) -> Result<Option<super::resolve::EntryWithData>, DirectError> {
+        let sql = super::resolve::resolve_with_data_sql(names.len());
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut rows = bind_resolve(&mut stmt, owner, from, names)?;
+            match rows.next()? {
+                Some(row) => {
+                    let data: Option<Vec<u8>> = row.get(ENTRY_COLS)?;
+                    Ok(Some((Entry::from(entry_row(row)?), data)))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+/// Columns of `entry_cols!`.
+const ENTRY_COLS: usize = 11;
+
+/// Binds the resolution query's parameters (see `resolve_sql`) and runs it.
+fn bind_resolve<'s>(
+    stmt: &'s mut rusqlite::CachedStatement<'_>,
+    owner: i64,
+    from: i64,
+    names: &[&str],
+) -> rusqlite::Result<rusqlite::Rows<'s>> {
+    let mut i = 1;
+    for name in &names[1..] {
+        stmt.raw_bind_parameter(i, name.as_bytes())?;
+        i += 1;
+    }
+    stmt.raw_bind_parameter(i, owner)?;
+    stmt.raw_bind_parameter(i + 1, from)?;
+    stmt.raw_bind_parameter(i + 2, names[0].as_bytes())?;
+    Ok(stmt.raw_query())
 }
 
 impl DirectReads {

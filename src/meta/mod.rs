@@ -26,6 +26,7 @@ pub use direct::DirectError;
 pub use error::MetaError;
 pub use outbox::{state as job_state, Job, Moved};
 pub use props::{Prop, PropChange, MAX_PROPS, MAX_PROP_BYTES};
+pub use resolve::EntryWithData;
 pub use store::{redact_url as store_redact_url, Dialect, MetaStore};
 pub use types::{
     CommitFile, Conflict, Content, DeleteStats, Entry, EntryKind, NewContent, Overwrite, User, STORE_INLINE,

@@ -74,15 +74,22 @@ pub(crate) async fn answer(port: &Arc<dyn DavPort>, headers: &HeaderMap, plan: P
     if names.is_empty() {
         return None;
     }
-    let entry = match port.resolve(port.root_id(), &names).await {
-        Ok(Some(e)) if !e.is_dir() => e,
+    let (entry, content) = match port.resolve_with_content(port.root_id(), &names).await {
+        Ok(Some((e, content))) if !e.is_dir() => (e, content),
         Ok(_) => return None,
         Err(e) => return Some(status_only(e.status())),
     };
-    Some(respond(port, headers, plan.head, entry).await)
+    Some(respond(port, headers, plan.head, entry, content).await)
 }
 
-async fn respond(port: &Arc<dyn DavPort>, headers: &HeaderMap, head: bool, entry: Entry) -> Response<DavBody> {
+/// `content`: the whole content, when the port read it with the entry.
+async fn respond(
+    port: &Arc<dyn DavPort>,
+    headers: &HeaderMap,
+    head: bool,
+    entry: Entry,
+    content: Option<Bytes>,
+) -> Response<DavBody> {
     let len = u64::try_from(entry.size).unwrap_or(0);
     let tag = format!("\"{}\"", etag(&entry));
     let modified = to_system_time(entry.mtime);
@@ -143,6 +150,10 @@ async fn respond(port: &Arc<dyn DavPort>, headers: &HeaderMap, head: bool, entry
     }
     if count == 0 {
         *res.body_mut() = DavBody::full(Bytes::new());
+        return res;
+    }
+    if let Some(all) = content.filter(|c| c.len() as u64 == len) {
+        *res.body_mut() = DavBody::full(all.slice(start as usize..(start + count) as usize));
         return res;
     }
     let mut stream = match port.read(&entry, start, count).await {

@@ -196,6 +196,18 @@ pub trait DavPort: Send + Sync + 'static {
         Ok(found)
     }
 
+    /// [`Self::resolve`] for a GET: the entry, and with it the whole content of a file
+    /// when the port keeps small content with its metadata and can read both at once
+    /// (one lookup instead of two). The default reads none; `None` also when the port
+    /// has to read the content apart, through [`Self::read`].
+    async fn resolve_with_content(
+        &self,
+        from: EntryId,
+        names: &[&str],
+    ) -> Result<Option<(Entry, Option<Bytes>)>, PortError> {
+        Ok(self.resolve(from, names).await?.map(|e| (e, None)))
+    }
+
     /// One page of the children of `dir`, sorted by the bytes of their names, starting
     /// after `after` (exclusive), at most `limit` entries. A short page means the end.
     async fn list(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<Entry>, PortError>;
