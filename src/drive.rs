@@ -12,6 +12,10 @@
 //! 4. Inside the transaction, before the commit: the transaction rolls back, so no row and
 //!    no entry; the object (linked in step 3, or by the transaction itself if a concurrent
 //!    garbage collection removed it meanwhile) is an orphan that the stale sweep removes.
+//!    On SQLite this includes the wait in a batch of transactions committed together
+//!    (group commit, `meta/tx.rs`; failpoint `upload.batched`): the transaction is done
+//!    and released into the batch, the batch not yet committed, the client not answered.
+//!    The whole batch rolls back, with the same leftovers for each upload in it.
 //! 5. After the commit: the entry is visible and complete; only the temp file is left
 //!    (a named one, for the sweep; an anonymous one is gone).
 //!

@@ -259,6 +259,7 @@ fn crash_at_each_upload_step_of(size: u32) {
         ("upload.staged", false),
         ("upload.linked", false),
         ("upload.placed", false),
+        ("upload.batched", false),
         ("upload.committed", true),
     ] {
         if inline && step == "upload.linked" {

@@ -276,7 +276,7 @@ impl MetaStore {
         if self.outbox && (content.store == STORE_LOCAL || content.store == STORE_INLINE) {
             Self::enqueue_transfer(&mut tx, &c.sha1, now).await?;
         }
-        tx.commit().await?;
+        tx.commit_marked(Some("upload.batched")).await?;
         Ok(entry)
     }
 
@@ -744,11 +744,7 @@ async fn remove_rows(
         // Only `?` placeholders are interpolated; every value is bound.
         let ids: Vec<Arg<'_>> = chunk.iter().map(|id| Arg::Int(*id)).collect();
         c.exec(sql, &ids).await?;
-        let sql = format!(
-            "DELETE FROM entries WHERE owner = ? AND id IN ({})",
-            placeholders(chunk.len())
-        );
-        // Only `?` placeholders are interpolated; every value is bound.
+        let sql = delete_entries_sql(chunk.len());
         let owner_and_ids: Vec<Arg<'_>> = std::iter::once(Arg::Int(owner))
             .chain(chunk.iter().map(|id| Arg::Int(*id)))
             .collect();
@@ -764,6 +760,17 @@ async fn remove_rows(
         entries: ids.len() as u64,
         released,
     })
+}
+
+/// Deletes `n` of the owner's entries by id (parameters: the owner, then the ids). The
+/// owner's condition is written `+owner` so that no index is used for it: SQLite, which
+/// has no statistics here, otherwise searched the index `entries_recent (owner, ...)`,
+/// which holds every entry of the owner, for each batch of ids, instead of looking the ids
+/// up by primary key: deleting a directory of 40,000 files took 15 to 40 s.
+/// (`+owner` is the same value to MySQL, which looks ids up by primary key either way.)
+fn delete_entries_sql(n: usize) -> String {
+    // Only `?` placeholders are interpolated; every value is bound.
+    format!("DELETE FROM entries WHERE +owner = ? AND id IN ({})", placeholders(n))
 }
 
 /// `name (1).ext`, `name (2).ext`, ...: the first name not taken in `parent`.
@@ -793,4 +800,32 @@ pub(super) fn placeholders(n: usize) -> String {
         s.push('?');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SQLite plans for the batched delete of a subtree's entries: a lookup per id,
+    /// not a walk of an index holding all of the owner's entries per batch.
+    #[tokio::test]
+    async fn deleting_entries_looks_them_up_by_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
+        let m = MetaStore::connect(&url, 2).await.unwrap();
+        let sql = format!("EXPLAIN QUERY PLAN {}", delete_entries_sql(3));
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(1i64)
+            .bind(1i64)
+            .bind(2i64)
+            .bind(3i64)
+            .fetch_all(&m.pool)
+            .await
+            .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+        assert!(
+            steps.iter().any(|s| s.contains("INTEGER PRIMARY KEY")) && !steps.iter().any(|s| s.contains("(owner=?)")),
+            "{steps:?}"
+        );
+    }
 }

@@ -598,7 +598,14 @@ impl<'a> Tx<'a> {
     /// `COMMIT` (group commit). Each commit returns once its batch is committed, so that
     /// what a caller does after it (answering a client) still follows a durable commit;
     /// a batch that fails fails for every transaction in it.
-    pub(super) async fn commit(mut self) -> Result<(), MetaError> {
+    pub(super) async fn commit(self) -> Result<(), MetaError> {
+        self.commit_marked(None).await
+    }
+
+    /// [`Self::commit`], aborting the process at failpoint `mark` (crash tests,
+    /// `util::failpoint`) while the transaction waits in an open batch: released into it,
+    /// the batch not committed.
+    pub(super) async fn commit_marked(mut self, mark: Option<&str>) -> Result<(), MetaError> {
         let alone = match std::mem::replace(&mut self.inner, Inner::Ended) {
             Inner::Pool(tx) => return Ok(tx.commit().await?),
             Inner::Direct { alone, .. } => alone,
@@ -622,6 +629,9 @@ impl<'a> Tx<'a> {
         let nobody_queued = gate.queued() == 0;
         let outcome = batch.outcome.subscribe();
         self.gate.lock = None;
+        if let Some(mark) = mark {
+            crate::util::failpoint(mark);
+        }
         let mut waiting = Waiting {
             gate: Some(gate.clone()),
             outcome,
