@@ -175,6 +175,10 @@ impl DavPort for CorePort {
         Ok(found.map(|(e, data)| (dav_entry(e), data.map(Bytes::from))))
     }
 
+    fn sent_with_entry(&self, n: u64) {
+        crate::metrics::add(&crate::metrics::global().bytes_out, n);
+    }
+
     async fn list(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<DavEntry>, PortError> {
         let page = self
             .drive

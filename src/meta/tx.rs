@@ -33,9 +33,12 @@
 //! batch is committed, and if that fails, or SQLite rolls the batch back under one
 //! member (an I/O error, a full disk), every member fails. A member that fails on its
 //! own (a name taken, a collision) rolls back to its savepoint, and the rest of the
-//! batch stays. A lone writer pays that one turn of the scheduler, nothing else. A
-//! member whose request goes away while it waits hands the commit to a task, so a batch
-//! never stays open holding the write lock. A transaction that deletes bytes before it
+//! batch stays; its answer (a 404, a 409) may then rest on earlier members' writes that a
+//! failing `COMMIT` would undo, a case as rare as that failure. A lone writer pays that
+//! one turn of the scheduler, and holds SQLite's write lock meanwhile (another process
+//! writing the same file waits that long). A member whose request goes away while it
+//! waits hands the commit to a task; only if the runtime is shutting down does the batch
+//! stay open until the next write (or roll back with the process, nobody answered). A transaction that deletes bytes before it
 //! commits (garbage collection) runs alone, so that another member's failure cannot roll
 //! back the row of bytes already gone; and every use of the gate that is not a
 //! transaction here (sqlx statements on the pool) commits an open batch first.
@@ -320,9 +323,9 @@ impl Writer {
             let m = crate::metrics::global();
             crate::metrics::add(&m.sqlite_commits, 1);
             crate::metrics::add(&m.sqlite_committed_txs, batch.released as u64);
-        } else if !conn.is_autocommit() {
+        } else {
             // A failed COMMIT leaves the transaction open.
-            let _ = conn.execute_batch("ROLLBACK");
+            self.end_batch_transaction();
         }
         batch
             .outcome
@@ -346,10 +349,45 @@ impl Writer {
         }
         let conn = self.conn.as_mut().expect("an open connection");
         if let Err(e) = conn.execute_batch("SAVEPOINT tx") {
-            self.abandon_member();
+            // No savepoint to roll back to: the batch goes only if SQLite ended it, or
+            // if nothing was released into it.
+            let gone = conn.is_autocommit();
+            if gone || self.batch.as_ref().is_none_or(|b| b.released == 0) {
+                self.fail_batch();
+            }
             return Err(lite(e));
         }
         Ok(())
+    }
+
+    /// Rolls back whatever the connection has open. A connection that stays inside a
+    /// transaction even so is closed (a new one is opened for the next transaction): left
+    /// as it is, every later BEGIN would fail.
+    fn end_batch_transaction(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if !conn.is_autocommit() {
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "rollback failed");
+            }
+        }
+        if !conn.is_autocommit() {
+            tracing::warn!("the SQLite writer is stuck in a transaction; reopening it");
+            self.conn = None;
+        }
+    }
+
+    /// Ends the open batch without committing it: the transactions released into it fail.
+    fn fail_batch(&mut self) {
+        self.end_batch_transaction();
+        if let Some(b) = self.batch.take() {
+            if b.released > 0 {
+                b.outcome.send_replace(Some(Err(
+                    "rolled back with a failed transaction of the same batch".into()
+                )));
+            }
+        }
     }
 
     /// Undoes the current transaction's savepoint; the rest of the batch stays. If SQLite
@@ -365,18 +403,7 @@ impl Writer {
         if undone || empty {
             // Nothing of the batch can or need be kept: end it rather than hold the write
             // lock for nothing.
-            if !conn.is_autocommit() {
-                if let Err(e) = conn.execute_batch("ROLLBACK") {
-                    tracing::warn!(error = %e, "rollback failed");
-                }
-            }
-            if let Some(b) = self.batch.take() {
-                if b.released > 0 {
-                    b.outcome.send_replace(Some(Err(
-                        "rolled back with a failed transaction of the same batch".into()
-                    )));
-                }
-            }
+            self.fail_batch();
         }
     }
 }
@@ -592,12 +619,11 @@ impl<'a> Tx<'a> {
     }
 
     /// Commits. On the SQLite writer the transaction's savepoint is released into its
-    /// batch, and the batch is committed unless other transactions are waiting for the
-    /// gate: then they run inside the same batch, and whichever comes to the gate with
-    /// nobody behind it, or the first of them to get it back, commits all of them with one
-    /// `COMMIT` (group commit). Each commit returns once its batch is committed, so that
-    /// what a caller does after it (answering a client) still follows a durable commit;
-    /// a batch that fails fails for every transaction in it.
+    /// batch and the gate let go (after one turn of the scheduler when nobody is queued),
+    /// so that others run inside the same batch; the first member to get the gate back
+    /// commits all of them with one `COMMIT` (group commit). Each commit returns once its
+    /// batch is committed, so that what a caller does after it (answering a client)
+    /// follows the commit; a batch that fails fails for every transaction in it.
     pub(super) async fn commit(self) -> Result<(), MetaError> {
         self.commit_marked(None).await
     }
@@ -642,14 +668,22 @@ impl<'a> Tx<'a> {
             // batch. Not a timer: alone, this task runs again at once.
             tokio::task::yield_now().await;
         }
-        let mut writer = gate.lock().await;
+        // Whichever comes first: the batch's outcome (another member, or a pool write's
+        // `write_gate`, committed it), or the gate.
+        let mut outcome = waiting.outcome.clone();
+        let writer = tokio::select! {
+            biased;
+            _ = outcome.wait_for(|o| o.is_some()) => None,
+            w = gate.lock() => Some(w),
+        };
         waiting.gate = None;
         let ended = waiting.outcome.borrow().clone();
-        match ended {
-            Some(res) => res.map_err(|m| MetaError::Direct(DirectError::Commit(m))),
+        match (ended, writer) {
+            (Some(res), _) => res.map_err(|m| MetaError::Direct(DirectError::Commit(m))),
             // Still open: no member got the gate back before this one, so the batch is
             // this one's to commit.
-            None => writer.flush(),
+            (None, Some(mut writer)) => writer.flush(),
+            (None, None) => unreachable!("the outcome was waited for"),
         }
     }
 }

@@ -153,6 +153,7 @@ async fn respond(
         return res;
     }
     if let Some(all) = content.filter(|c| c.len() as u64 == len) {
+        port.sent_with_entry(count);
         *res.body_mut() = DavBody::full(all.slice(start as usize..(start + count) as usize));
         return res;
     }

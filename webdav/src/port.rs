@@ -208,6 +208,10 @@ pub trait DavPort: Send + Sync + 'static {
         Ok(self.resolve(from, names).await?.map(|e| (e, None)))
     }
 
+    /// `n` bytes of content read by [`Self::resolve_with_content`] were sent in a GET
+    /// body (for the port's accounting; [`Self::read`] counts its own).
+    fn sent_with_entry(&self, _n: u64) {}
+
     /// One page of the children of `dir`, sorted by the bytes of their names, starting
     /// after `after` (exclusive), at most `limit` entries. A short page means the end.
     async fn list(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<Entry>, PortError>;
