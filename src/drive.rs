@@ -311,8 +311,20 @@ impl Drive {
         &self,
         user: &User,
         target: UploadTarget,
+        content: NewContent,
+        body: Body<'_>,
+    ) -> Result<(Entry, bool)> {
+        self.commit_known_mode(user, target, content, body, FILE_MODE).await
+    }
+
+    /// `commit_known` of a new file with `mode`.
+    async fn commit_known_mode(
+        &self,
+        user: &User,
+        target: UploadTarget,
         mut content: NewContent,
         body: Body<'_>,
+        mode: i64,
     ) -> Result<(Entry, bool)> {
         validate_name(&target.name)?;
         let staging = &self.staging;
@@ -343,7 +355,7 @@ impl Drive {
                 name: target.name.clone(),
                 content: content.clone(),
                 conflict: target.conflict,
-                mode: FILE_MODE,
+                mode,
                 mtime: target.mtime,
             };
             match self.meta.commit_file(&req, &place).await {
@@ -489,13 +501,13 @@ impl Drive {
             Some(c) if c.size == 0 && (c.store != STORE_LOCAL || self.staging.objects().contains(&c.sha1)) => {
                 self.link_with_mode(user, target, &c, mode).await
             }
+            // The first empty file: the content row is made in the same transaction, so
+            // that the entry's ctime is its directory's new mtime, as for every create.
             _ => {
-                let nothing = futures_util::stream::empty::<std::result::Result<Bytes, std::io::Error>>();
-                let e = self.upload(user, target, nothing).await?;
-                if e.mode == mode {
-                    return Ok(e);
-                }
-                Ok(self.meta.set_attrs(user.id, e.id, Some(mode), None).await?)
+                let nothing = Bytes::new();
+                let content = inline_content(EMPTY_SHA1.to_owned(), &nothing);
+                let body = Body::Memory(&nothing);
+                Ok(self.commit_known_mode(user, target, content, body, mode).await?.0)
             }
         }
     }
@@ -590,14 +602,15 @@ impl Drive {
     }
 
     /// Deletes the entry `name` in directory `parent` if it is of `kind` (see
-    /// `MetaStore::delete_child`); a directory must be empty.
+    /// `MetaStore::delete_child`); a directory must be empty. Returns the directory as
+    /// the deletion left it.
     pub async fn delete_child(
         &self,
         user: &User,
         parent: i64,
         name: &str,
         kind: Option<EntryKind>,
-    ) -> Result<DeleteStats> {
+    ) -> Result<(DeleteStats, Entry)> {
         validate_name(name)?;
         Ok(self.meta.delete_child(user.id, parent, name, kind).await?)
     }

@@ -256,13 +256,14 @@ struct DeleteChildQuery {
 /// directory `id` in one step (unlink(2) and rmdir(2) without a lookup first). With
 /// `kind`, a directory where a file is wanted is 409 `is_a_directory`, a file where a
 /// directory is wanted 409 `not_a_directory`. A directory must be empty (409
-/// `not_empty`).
+/// `not_empty`). Answers 200 with `{"parent": ...}`, the directory as the deletion left
+/// it (new mtime and ctime): a mount then need not ask for it again.
 async fn delete_child(
     State(st): State<AppState>,
     AuthUser(u): AuthUser,
     Path((id, name)): Path<(String, String)>,
     req: Request,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<ParentJson>, ApiError> {
     let id = parse_id(&id)?;
     name_ok(&name)?;
     let q: DeleteChildQuery = query(req.uri())?;
@@ -272,8 +273,16 @@ async fn delete_child(
         Some("dir") => Some(EntryKind::Dir),
         Some(_) => return Err(ApiError::bad_request("kind must be \"file\" or \"dir\"")),
     };
-    st.drive.delete_child(&u, id, &name, kind).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let (_, dir) = st.drive.delete_child(&u, id, &name, kind).await?;
+    Ok(Json(ParentJson {
+        parent: node_json(&st, &u, &dir),
+    }))
+}
+
+/// The answer of a change that names the directory it left behind.
+#[derive(Serialize)]
+struct ParentJson {
+    parent: NodeJson,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -428,14 +428,16 @@ impl MetaStore {
     /// Deletes the entry `name` in directory `parent`, in one transaction, if it is of
     /// `kind` (a file where a directory is wanted is `NotADirectory`, the other way round
     /// `IsADirectory`): unlink(2) and rmdir(2) of a mount without a lookup first, so the
-    /// entry deleted is the one that has the name when the transaction runs.
+    /// entry deleted is the one that has the name when the transaction runs. Returns what
+    /// was deleted and the directory as the deletion left it (its new mtime and ctime), so
+    /// that a client need not ask for it again.
     pub async fn delete_child(
         &self,
         owner: i64,
         parent: i64,
         name: &str,
         kind: Option<EntryKind>,
-    ) -> Result<DeleteStats, MetaError> {
+    ) -> Result<(DeleteStats, Entry), MetaError> {
         retry_txn!(self.try_delete_child(owner, parent, name, kind))
     }
 
@@ -445,7 +447,7 @@ impl MetaStore {
         parent: i64,
         name: &str,
         kind: Option<EntryKind>,
-    ) -> Result<DeleteStats, MetaError> {
+    ) -> Result<(DeleteStats, Entry), MetaError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         tx.exec(
@@ -466,8 +468,9 @@ impl MetaStore {
             _ => {}
         }
         let stats = remove_entry(&mut tx, &e, false, now).await?;
+        let dir = get(&mut tx, owner, parent).await?.ok_or(MetaError::NotFound)?;
         tx.commit().await?;
-        Ok(stats)
+        Ok((stats, dir))
     }
 
     /// Sets the mode and/or mtime of an entry.
