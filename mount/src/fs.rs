@@ -25,7 +25,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
@@ -33,6 +33,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::cache::{nz, BlockCache, Claimed, IfBusy, ReadAhead, BLOCK_SIZE};
+use crate::dirattrs::DirAttrs;
 use crate::dircache::{Cached, DirCache, Fetch};
 use crate::disk::{DiskCache, Fill};
 use crate::journal::{hash_range, hex, now_ms, sha1_file, Journal, Pending, RunningSha1};
@@ -451,6 +452,8 @@ pub struct Fs {
     cache: Arc<BlockCache>,
     /// Recent directory listings answering lookups (see `dircache`).
     dirs: DirCache,
+    /// Recent attributes of directories answering getattr (see `dirattrs`).
+    dir_attrs: DirAttrs,
     journal: Journal,
     uploads: Semaphore,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -463,6 +466,10 @@ pub struct Fs {
     streams: bool,
     /// The disk cache of whole contents, if configured.
     disk: Option<Arc<DiskCache>>,
+    /// The shared runtime: work that outlives a request (write-behind, read-ahead) is
+    /// spawned here, never on the runtime of the FUSE thread that started it, which
+    /// runs only while that thread serves a request.
+    rt: tokio::runtime::Handle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -507,8 +514,9 @@ fn name_of(name: &OsStr, for_create: bool) -> Result<&str> {
 }
 
 impl Fs {
-    /// A filesystem over `port`, spooling into `cfg.spool_dir` (locked for this mount).
-    pub fn new(port: Arc<dyn RemoteTree>, cfg: MountConfig) -> io::Result<Fs> {
+    /// A filesystem over `port`, spooling into `cfg.spool_dir` (locked for this mount),
+    /// spawning its background work on `rt`.
+    pub fn new(port: Arc<dyn RemoteTree>, cfg: MountConfig, rt: tokio::runtime::Handle) -> io::Result<Fs> {
         let journal = Journal::open(&cfg.spool_dir)?;
         let disk = match &cfg.disk_cache_dir {
             Some(dir) => Some(Arc::new(DiskCache::open(
@@ -524,6 +532,7 @@ impl Fs {
             port,
             cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
             dirs: DirCache::new(cfg.entry_ttl, cfg.dir_cache_entries),
+            dir_attrs: DirAttrs::new(cfg.attr_ttl),
             journal,
             uploads: Semaphore::new(cfg.max_concurrent_uploads.max(1)),
             handles: Mutex::new(HashMap::new()),
@@ -533,7 +542,13 @@ impl Fs {
             spool_used: AtomicU64::new(0),
             streams: cfg.stream_min != u64::MAX,
             cfg,
+            rt,
         })
+    }
+
+    /// The port this filesystem is over.
+    pub(crate) fn port(&self) -> &Arc<dyn RemoteTree> {
+        &self.port
     }
 
     /// The settings of this mount.
@@ -681,9 +696,26 @@ impl Fs {
 
     /// getattr: fresh attributes (the kernel caches them for `attr_ttl`).
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        Ok(self.getattr_for(ino).await?.0)
+    }
+
+    /// getattr, and how long the kernel may cache the answer: `attr_ttl`, or what is left
+    /// of it when a directory's attributes come from an answer read earlier.
+    pub async fn getattr_for(&self, ino: u64) -> Result<(Attr, Duration)> {
         let id = self.id_of(ino)?;
+        if let Some((e, left)) = self.dir_attrs.get(id) {
+            return Ok((self.attr(&e), left));
+        }
+        Ok((self.fresh_attr(id).await?, self.cfg.attr_ttl))
+    }
+
+    async fn fresh_attr(&self, id: i64) -> Result<Attr> {
+        let asked = Instant::now();
         match self.port.get(id).await {
-            Ok(e) => Ok(self.overlay(e)),
+            Ok(e) => {
+                self.dir_attrs.read(&e, asked);
+                Ok(self.overlay(e))
+            }
             Err(PortError::NotFound) => {
                 // Unlinked while open: fstat still works, with no links.
                 let open = lock(&self.open).get(&id).cloned();
@@ -726,8 +758,10 @@ impl Fs {
             }
         }
         if sa != SetAttrs::default() {
+            let asked = Instant::now();
             let e = self.port.set_attrs(id, sa).await?;
             self.dirs.put(&e);
+            self.dir_attrs.read(&e, asked);
             if let Some(m) = ch.mtime_ms {
                 self.note_explicit_mtime(id, m).await?;
             }
@@ -789,8 +823,11 @@ impl Fs {
             uid: who.uid,
             gid: who.gid,
         };
+        let asked = Instant::now();
         let e = self.port.mkdir(self.id_of(parent)?, name, attrs).await?;
         self.dirs.put(&e);
+        self.dir_attrs.created(&e);
+        self.dir_attrs.read(&e, asked);
         Ok(self.attr(&e))
     }
 
@@ -815,10 +852,13 @@ impl Fs {
             .create_file(self.id_of(parent)?, name, attrs, now_ms())
             .await?;
         self.dirs.put(&e);
+        self.dir_attrs.created(&e);
         Ok(e)
     }
 
-    /// create(2) with open: an empty file, opened with `flags`.
+    /// create(2) with open: an empty file, opened with `flags`. Without `O_EXCL`, a file
+    /// that another client created since the kernel's lookup found the name free is
+    /// opened instead (as open(2) with `O_CREAT` does when the name exists).
     pub async fn create(
         &self,
         parent: u64,
@@ -827,7 +867,17 @@ impl Fs {
         flags: i32,
         who: Caller,
     ) -> Result<(Attr, Opened)> {
-        let e = self.create_entry(parent, name, mode, who).await?;
+        let e = match self.create_entry(parent, name, mode, who).await {
+            Err(FsError::Port(PortError::AlreadyExists)) if flags & libc::O_EXCL == 0 => {
+                let e = self.port.lookup(self.id_of(parent)?, name_of(name, true)?).await?;
+                if e.kind == EntryKind::Dir {
+                    return Err(PortError::IsADirectory.into());
+                }
+                self.dirs.put(&e);
+                e
+            }
+            other => other?,
+        };
         let attr = self.attr(&e);
         let opened = self.open_entry(e, flags).await?;
         Ok((attr, opened))
@@ -837,9 +887,19 @@ impl Fs {
     /// entry gone and drops the data, as POSIX does with an unlinked file.
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         let (dir, name) = (self.id_of(parent)?, name_of(name, false)?);
-        self.port.delete_child(dir, name, false).await?;
+        let asked = Instant::now();
+        let left = self.port.delete_child(dir, name, false).await?;
         self.dirs.remove(dir, name);
+        self.deleted_from(dir, left, asked);
         Ok(())
+    }
+
+    /// Notes `dir` as a deletion left it: as the port answered, or unknown.
+    fn deleted_from(&self, dir: i64, left: Option<Entry>, asked: Instant) {
+        match left {
+            Some(e) if e.id == dir => self.dir_attrs.read(&e, asked),
+            _ => self.dir_attrs.forget(dir),
+        }
     }
 
     /// rmdir(2).
@@ -849,10 +909,13 @@ impl Fs {
             Cached::Found(e, _) => Some(e.id),
             _ => None,
         };
-        self.port.delete_child(dir, name, true).await?;
+        let asked = Instant::now();
+        let left = self.port.delete_child(dir, name, true).await?;
         self.dirs.remove(dir, name);
+        self.deleted_from(dir, left, asked);
         if let Some(id) = gone {
             self.dirs.forget(id);
+            self.dir_attrs.forget(id);
         }
         Ok(())
     }
@@ -873,6 +936,10 @@ impl Fs {
         let moved = self.port.rename(e.id, self.id_of(new_parent)?, new_name, mode).await?;
         self.dirs.remove(dir, name);
         self.dirs.put(&moved);
+        // Both directories' times changed, and a moved directory's ctime: asked afresh.
+        for id in [dir, moved.parent, moved.id] {
+            self.dir_attrs.forget(id);
+        }
         Ok(())
     }
 
@@ -1481,7 +1548,7 @@ impl Fs {
         };
         let port = self.port.clone();
         let sha1 = sha1.to_owned();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let (at, len) = claim.range();
             match port.read(id, &sha1, at, len).await {
                 Ok(data) => {
@@ -1545,7 +1612,7 @@ impl Fs {
             return;
         };
         let (cmd, rx) = tokio::sync::watch::channel(StreamCmd::Ready(upto));
-        let task = tokio::spawn(run_stream(
+        let task = self.rt.spawn(run_stream(
             self.port.clone(),
             id,
             file,

@@ -15,7 +15,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Runtime};
 use tracing::{debug, instrument, warn};
 
 use crate::fs::{time_to_ms, Attr, AttrChange, Caller, Fs, FsError};
@@ -26,6 +26,9 @@ use crate::port::EntryKind;
 pub(crate) struct FuseFs {
     fs: Arc<Fs>,
     rt: Handle,
+    /// Each FUSE thread runs its calls on a runtime of its own (the port allows it:
+    /// [`crate::port::RemoteTree::thread_runtime`]).
+    thread_runtime: bool,
     ttl: Duration,
     entry_ttl: Duration,
     /// The kernel took passthrough at init, and registering backing files works so far.
@@ -37,6 +40,7 @@ impl FuseFs {
     pub(crate) fn new(fs: Arc<Fs>, rt: Handle) -> Self {
         let (ttl, entry_ttl) = (fs.config().attr_ttl, fs.config().entry_ttl);
         FuseFs {
+            thread_runtime: fs.port().thread_runtime(),
             fs,
             rt,
             ttl,
@@ -51,8 +55,28 @@ impl FuseFs {
     }
 
     fn run<T>(&self, fut: impl Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
-        self.rt.block_on(fut).map_err(errno)
+        let r = if self.thread_runtime {
+            THREAD_RT.with(|own| match own {
+                Some(own) => own.block_on(fut),
+                None => self.rt.block_on(fut),
+            })
+        } else {
+            self.rt.block_on(fut)
+        };
+        r.map_err(errno)
     }
+}
+
+thread_local! {
+    /// The current-thread runtime of a FUSE thread, started at its first request. None if
+    /// it could not be started: that thread's calls then run on the shared runtime.
+    static THREAD_RT: Option<Runtime> = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            warn!(error = %e, "could not start a runtime for a FUSE thread; it uses the shared one");
+            None
+        }
+    };
 }
 
 /// Logs an error at the level its kind deserves and turns it into the reply's errno.
@@ -146,8 +170,8 @@ impl Filesystem for FuseFs {
 
     #[instrument(level = "debug", skip_all, fields(req = req.unique().0, ino = ino.0))]
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run(self.fs.getattr(ino.0)) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+        match self.run(self.fs.getattr_for(ino.0)) {
+            Ok((a, ttl)) => reply.attr(&ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
     }

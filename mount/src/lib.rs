@@ -24,6 +24,7 @@
 
 mod cache;
 mod config;
+mod dirattrs;
 mod dircache;
 mod disk;
 mod fs;
@@ -133,7 +134,7 @@ pub fn mount(
         path: config.spool_dir.clone(),
         source,
     };
-    let fs = Arc::new(fs::Fs::new(port, config.clone()).map_err(spool_err)?);
+    let fs = Arc::new(fs::Fs::new(port, config.clone(), rt.clone()).map_err(spool_err)?);
     let resumed = rt.block_on(fs.recover()).map_err(spool_err)?;
 
     let mut options = vec![

@@ -45,6 +45,7 @@ pub struct MemoryTree {
     reads: AtomicU64,
     lists: AtomicU64,
     lookups: AtomicU64,
+    gets: AtomicU64,
     puts: AtomicU64,
     fail_puts: AtomicBool,
     /// Write-behind chunk size; 0: no write-behind (`begin_stream` answers `None`).
@@ -125,6 +126,7 @@ impl MemoryTree {
             reads: AtomicU64::new(0),
             lists: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
             puts: AtomicU64::new(0),
             fail_puts: AtomicBool::new(false),
             stream_chunk: AtomicU64::new(0),
@@ -160,6 +162,11 @@ impl MemoryTree {
     /// Number of `lookup` calls so far.
     pub fn lookup_calls(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// Number of `get` calls so far.
+    pub fn get_calls(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
     }
 
     /// Number of `put_file` calls so far.
@@ -198,6 +205,16 @@ impl MemoryTree {
             id = *st.children.get(&id)?.get(part)?;
         }
         st.blobs.get(st.nodes.get(&id)?.sha1.as_ref()?).cloned()
+    }
+
+    /// The entry at `path` (names separated by `/`), straight from the tree.
+    pub fn entry_at(&self, path: &str) -> Option<Entry> {
+        let st = self.lock();
+        let mut id = MEMORY_ROOT_ID;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            id = *st.children.get(&id)?.get(part)?;
+        }
+        st.nodes.get(&id).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -419,6 +436,7 @@ impl RemoteTree for MemoryTree {
     }
 
     async fn get(&self, id: i64) -> Result<Entry, PortError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
         self.lock().entry(id).cloned()
     }
 
@@ -641,6 +659,21 @@ impl RemoteTree for MemoryTree {
         }
         st.remove(id, now_ms());
         self.commit(&st)
+    }
+
+    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<Option<Entry>, PortError> {
+        let mut st = self.lock();
+        let id = *st.dir(parent)?.get(name).ok_or(PortError::NotFound)?;
+        match (dir, st.entry(id)?.kind) {
+            (true, EntryKind::File) => return Err(PortError::NotADirectory),
+            (false, EntryKind::Dir) => return Err(PortError::IsADirectory),
+            (true, EntryKind::Dir) if !st.dir(id)?.is_empty() => return Err(PortError::NotEmpty),
+            _ => {}
+        }
+        st.remove(id, now_ms());
+        let left = st.entry(parent)?.clone();
+        self.commit(&st)?;
+        Ok(Some(left))
     }
 
     async fn set_attrs(&self, id: i64, a: SetAttrs) -> Result<Entry, PortError> {

@@ -255,6 +255,19 @@ pub trait RemoteTree: Send + Sync + 'static {
     /// Id of the root directory of the tree being mounted.
     fn root_id(&self) -> i64;
 
+    /// Whether the mount may run each call on a current-thread runtime owned by the FUSE
+    /// thread that took the request, instead of on the shared runtime. Then a call's I/O
+    /// is driven by the thread waiting for it, with no hand-off to a runtime worker and
+    /// back (two wake-ups per call). Say yes only if nothing a call leaves behind needs
+    /// that runtime after the call returns: a call may spawn tasks that it awaits itself
+    /// (an HTTP connection's task, polled while the call runs), but not work that others
+    /// wait for later (a pool that returns its connections from a spawned task would hold
+    /// them until the same thread took another request). Work that outlives a request
+    /// (write-behind, read-ahead) always runs on the shared runtime.
+    fn thread_runtime(&self) -> bool {
+        false
+    }
+
     /// The entry `name` in directory `parent`.
     async fn lookup(&self, parent: i64, name: &str) -> Result<Entry, PortError>;
 
@@ -323,13 +336,15 @@ pub trait RemoteTree: Send + Sync + 'static {
     /// Delete the entry `name` in `parent` if it is a directory (`dir`, which must be
     /// empty: rmdir(2)) or a file (unlink(2)); the wrong kind is
     /// [`PortError::IsADirectory`] / [`PortError::NotADirectory`]. Implementations that
-    /// can should do it in one step; this default looks the name up first.
-    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<(), PortError> {
+    /// can should do it in one step; this default looks the name up first. Returns
+    /// `parent` as the deletion left it (its new mtime and ctime) when the implementation
+    /// learns that in the same step, so that the mount need not ask for it.
+    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<Option<Entry>, PortError> {
         let e = self.lookup(parent, name).await?;
         match (dir, e.kind) {
             (true, EntryKind::File) => Err(PortError::NotADirectory),
             (false, EntryKind::Dir) => Err(PortError::IsADirectory),
-            _ => self.delete(e.id, false).await,
+            _ => self.delete(e.id, false).await.map(|()| None),
         }
     }
 

@@ -13,7 +13,7 @@ const RDWR: i32 = libc::O_RDWR;
 
 fn setup(spool: &std::path::Path) -> (Arc<MemoryTree>, Fs) {
     let tree = Arc::new(MemoryTree::new(0, 0));
-    let fs = Fs::new(tree.clone(), MountConfig::new(spool)).unwrap();
+    let fs = Fs::new(tree.clone(), MountConfig::new(spool), tokio::runtime::Handle::current()).unwrap();
     (tree, fs)
 }
 
@@ -94,7 +94,12 @@ async fn the_first_block_is_fetched_once_from_open_to_read() {
     let data = pattern(10_000);
     let ino = write_file(&fs, "small", &data).await;
     // A second mount of the same tree: nothing cached.
-    let other = Fs::new(tree.clone(), MountConfig::new(dir.path().join("b"))).unwrap();
+    let other = Fs::new(
+        tree.clone(),
+        MountConfig::new(dir.path().join("b")),
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
     let o = other.open(ino, libc::O_RDONLY).await.unwrap();
     // The open started the fetch; wait for it to land (no read has been asked for).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -157,7 +162,7 @@ async fn readdir_pages_through_the_port() {
     let tree = Arc::new(MemoryTree::new(0, 0));
     let mut cfg = MountConfig::new(dir.path());
     cfg.list_page_size = 10;
-    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    let fs = Fs::new(tree.clone(), cfg, tokio::runtime::Handle::current()).unwrap();
     for i in 0..35 {
         fs.mkdir(ROOT_INO, OsStr::new(&format!("d{i:03}")), 0o755, ME)
             .await
@@ -196,7 +201,7 @@ async fn lookups_in_a_busy_directory_come_from_one_listing() {
     // Long enough that no listing expires during the test, however slow the machine.
     cfg.entry_ttl = std::time::Duration::from_secs(3600);
     cfg.list_page_size = 50;
-    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    let fs = Fs::new(tree.clone(), cfg, tokio::runtime::Handle::current()).unwrap();
     let sub = fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ME).await.unwrap().ino;
     let mut inos = Vec::new();
     for i in 0..200 {
@@ -271,7 +276,7 @@ async fn an_open_file_keeps_what_its_open_saw_over_an_older_listing() {
     let tree = Arc::new(MemoryTree::new(0, 0));
     let mut cfg = MountConfig::new(dir.path().join("spool"));
     cfg.entry_ttl = std::time::Duration::from_secs(3600);
-    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    let fs = Fs::new(tree.clone(), cfg, tokio::runtime::Handle::current()).unwrap();
     let mut inos = Vec::new();
     for name in ["f", "g", "h", "i"] {
         inos.push(write_file(&fs, name, b"A").await);
@@ -316,7 +321,7 @@ async fn without_a_listing_ttl_every_lookup_asks_the_port() {
     let tree = Arc::new(MemoryTree::new(0, 0));
     let mut cfg = MountConfig::new(dir.path());
     cfg.entry_ttl = std::time::Duration::ZERO;
-    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    let fs = Fs::new(tree.clone(), cfg, tokio::runtime::Handle::current()).unwrap();
     for i in 0..20 {
         fs.mkdir(ROOT_INO, OsStr::new(&format!("d{i}")), 0o755, ME)
             .await
@@ -343,7 +348,7 @@ fn setup_streams(spool: &std::path::Path) -> (Arc<MemoryTree>, Fs) {
     tree.enable_streams(64 << 10);
     let mut cfg = MountConfig::new(spool);
     cfg.stream_min = 128 << 10;
-    let fs = Fs::new(tree.clone(), cfg).unwrap();
+    let fs = Fs::new(tree.clone(), cfg, tokio::runtime::Handle::current()).unwrap();
     (tree, fs)
 }
 
@@ -414,7 +419,12 @@ async fn a_killed_mount_resumes_its_uploads() {
     // The process dies: no flush, no release. Only the spool directory survives.
     drop(fs);
     assert_eq!(tree.content("f").unwrap(), &b""[..]);
-    let fs = Fs::new(tree.clone(), MountConfig::new(dir.path())).unwrap();
+    let fs = Fs::new(
+        tree.clone(),
+        MountConfig::new(dir.path()),
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
     assert_eq!(fs.recover().await.unwrap(), 1);
     assert_eq!(tree.content("f").unwrap(), &b"not yet uploaded"[..]);
     assert_eq!(fs.getattr(attr.ino).await.unwrap().size, 16);
@@ -496,4 +506,88 @@ async fn errors_map_to_the_documented_errno() {
 #[test]
 fn block_size_is_what_the_docs_say() {
     assert_eq!(BLOCK_SIZE, 128 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_without_excl_opens_a_file_made_elsewhere_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup(&dir.path().join("a"));
+    let ino = write_file(&fs, "taken", b"theirs").await;
+    // The kernel looked the name up and found it free; then another client made it. The
+    // create that follows meets the name taken.
+    let o_creat = libc::O_CREAT | RDWR;
+    let (attr, o) = fs
+        .create(ROOT_INO, OsStr::new("taken"), 0o644, o_creat, ME)
+        .await
+        .unwrap();
+    assert_eq!(attr.ino, ino, "open(O_CREAT) opens the file that is there");
+    assert_eq!(fs.read(o.fh, 0, 100).await.unwrap().as_ref(), b"theirs");
+    fs.release(o.fh).await.unwrap();
+
+    let (_, o) = fs
+        .create(ROOT_INO, OsStr::new("taken"), 0o644, o_creat | libc::O_TRUNC, ME)
+        .await
+        .unwrap();
+    fs.flush(o.fh).await.unwrap();
+    fs.release(o.fh).await.unwrap();
+    assert_eq!(tree.content("taken").unwrap().len(), 0, "O_TRUNC applies to it");
+
+    let excl = fs
+        .create(ROOT_INO, OsStr::new("taken"), 0o644, o_creat | libc::O_EXCL, ME)
+        .await;
+    assert_eq!(excl.err().map(|e| e.errno()), Some(libc::EEXIST), "O_EXCL still fails");
+    fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ME).await.unwrap();
+    let on_dir = fs.create(ROOT_INO, OsStr::new("d"), 0o644, o_creat, ME).await;
+    assert_eq!(on_dir.err().map(|e| e.errno()), Some(libc::EISDIR));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_changed_here_is_not_asked_for_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, fs) = setup(dir.path());
+    let d = fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ME).await.unwrap();
+    let times = |a: &crate::fs::Attr| (a.mtime, a.ctime);
+    let port_times = |t: &MemoryTree| tree_times(t, "d");
+    let gets = tree.get_calls();
+    for i in 0..5 {
+        let (_, o) = fs
+            .create(d.ino, OsStr::new(&format!("f{i}")), 0o644, libc::O_CREAT | RDWR, ME)
+            .await
+            .unwrap();
+        fs.release(o.fh).await.unwrap();
+        // What the kernel asks after each create: the directory's new times, from here.
+        let (a, left) = fs.getattr_for(d.ino).await.unwrap();
+        assert_eq!(times(&a), port_times(&tree), "after create {i}");
+        assert!(left <= fs.config().attr_ttl);
+    }
+    for i in 0..5 {
+        fs.unlink(d.ino, OsStr::new(&format!("f{i}"))).await.unwrap();
+        let (a, _) = fs.getattr_for(d.ino).await.unwrap();
+        assert_eq!(times(&a), port_times(&tree), "after unlink {i}");
+    }
+    assert_eq!(
+        tree.get_calls(),
+        gets,
+        "ten creates and unlinks, no getattr to the port"
+    );
+
+    // A rename drops them: the next getattr asks.
+    let (_, o) = fs
+        .create(d.ino, OsStr::new("r"), 0o644, libc::O_CREAT | RDWR, ME)
+        .await
+        .unwrap();
+    fs.release(o.fh).await.unwrap();
+    fs.rename(d.ino, OsStr::new("r"), ROOT_INO, OsStr::new("r2"), 0)
+        .await
+        .unwrap();
+    let (a, _) = fs.getattr_for(d.ino).await.unwrap();
+    assert_eq!(times(&a), port_times(&tree));
+    assert_eq!(tree.get_calls(), gets + 1, "asked after the rename");
+}
+
+/// mtime and ctime of the directory `name` under the root, as the tree has them.
+fn tree_times(t: &MemoryTree, name: &str) -> (std::time::SystemTime, std::time::SystemTime) {
+    let ms = |m: i64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(m as u64);
+    let e = t.entry_at(name).expect("directory there");
+    (ms(e.mtime_ms), ms(e.ctime_ms))
 }

@@ -220,6 +220,11 @@ impl Client {
         })
     }
 
+    /// The same server and token with a connection pool of its own.
+    pub fn with_own_connections(&self) -> Result<Client> {
+        Client::new(&self.base, self.token.clone())
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -581,16 +586,24 @@ impl Client {
     }
 
     /// Deletes the entry `name` in `parent` if it is a directory (`dir`) or a file; a
-    /// directory must be empty.
-    pub async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<()> {
+    /// directory must be empty. Returns `parent` as the deletion left it (`None` from a
+    /// server that answers 204 without it).
+    pub async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<Option<RemoteNode>> {
+        #[derive(Deserialize)]
+        struct Deleted {
+            parent: RemoteNode,
+        }
         let req = self
             .request(
                 Method::DELETE,
                 &format!("/entries/{parent}/children/{}", url_segment(name)),
             )
             .query(&[("kind", if dir { "dir" } else { "file" })]);
-        self.send(req).await?;
-        Ok(())
+        let resp = self.send(req).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        Ok(Some(resp.json::<Deleted>().await?.parent))
     }
 
     /// Moves, renames and/or sets attributes of `id`.

@@ -353,13 +353,13 @@ impl RemoteTree for DriveTree {
         .await
     }
 
-    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<(), PortError> {
+    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<Option<PortEntry>, PortError> {
         let kind = if dir { EntryKind::Dir } else { EntryKind::File };
         self.retrying("delete", || async {
             self.drive
                 .delete_child(&self.user, parent, name, Some(kind))
                 .await
-                .map(|_| ())
+                .map(|(_, dir)| Some(entry(dir)))
                 .map_err(port_err)
         })
         .await

@@ -20,7 +20,9 @@
 //! without its answer arriving is checked on retry: a mkdir or create that then finds its
 //! own result, or a delete that finds the entry gone, succeeds.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -93,6 +95,19 @@ pub struct HttpTree {
     /// The latest `content_token` per content SHA-1: what lets a file that was unlinked
     /// or replaced while open still be read (POSIX keeps it alive until closed).
     tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Tells this tree's clients in [`OWN_CLIENT`] from another tree's.
+    serial: u64,
+}
+
+/// Serial numbers of trees, so that a thread's own client is never another tree's.
+static TREES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// A FUSE thread's own client (with its own connection), for calls made on the
+    /// thread's current-thread runtime (see [`RemoteTree::thread_runtime`]): its
+    /// connection task lives on that runtime, so only that thread may use it. Keyed by
+    /// the tree's serial and the sign-in generation of its token.
+    static OWN_CLIENT: RefCell<Option<(u64, u64, Client)>> = const { RefCell::new(None) };
 }
 
 /// The one mapping of client errors to port errors (then errno, in the mount).
@@ -164,6 +179,7 @@ impl HttpTree {
             root,
             opts,
             tokens: Default::default(),
+            serial: TREES.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -183,8 +199,28 @@ impl HttpTree {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(sha1).cloned()
     }
 
+    /// The client to use here, and the sign-in generation of its token. On a
+    /// current-thread runtime (a FUSE thread's, see [`RemoteTree::thread_runtime`]) it is
+    /// the thread's own; elsewhere (the shared multi-thread runtime) the shared one.
     fn current(&self) -> (Client, u64) {
-        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+        let (shared, generation) = self.client.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let on_own_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if !on_own_thread {
+            return (shared, generation);
+        }
+        OWN_CLIENT.with(|own| {
+            let mut own = own.borrow_mut();
+            match &*own {
+                Some((serial, g, c)) if *serial == self.serial && *g == generation => (c.clone(), generation),
+                _ => {
+                    // A client of its own: same server and token, a pool of its own.
+                    let c = shared.with_own_connections().unwrap_or(shared);
+                    *own = Some((self.serial, generation, c.clone()));
+                    (c, generation)
+                }
+            }
+        })
     }
 
     /// Signs in again after the server refused the token of generation `seen`, unless
@@ -296,6 +332,12 @@ impl HttpTree {
 impl RemoteTree for HttpTree {
     fn root_id(&self) -> i64 {
         self.root
+    }
+
+    /// Yes: a call's requests go through the thread's own client (`current`), whose
+    /// connection task runs on the thread's runtime and only while a call does.
+    fn thread_runtime(&self) -> bool {
+        true
     }
 
     async fn lookup(&self, parent: i64, name: &str) -> Result<Entry, PortError> {
@@ -569,7 +611,7 @@ impl RemoteTree for HttpTree {
         }
     }
 
-    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<(), PortError> {
+    async fn delete_child(&self, parent: i64, name: &str, dir: bool) -> Result<Option<Entry>, PortError> {
         let policy = Retry::within(self.opts.retry_for);
         match self
             .call_with(
@@ -579,9 +621,9 @@ impl RemoteTree for HttpTree {
             )
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(dir) => Ok(dir.map(|n| self.entry(n))),
             // An attempt whose answer was lost may have deleted it.
-            Err(ClientError::Api { status: 404, .. }) if policy.saw_transient() => Ok(()),
+            Err(ClientError::Api { status: 404, .. }) if policy.saw_transient() => Ok(None),
             Err(e) => Err(port_err(e)),
         }
     }
