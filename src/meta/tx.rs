@@ -431,16 +431,8 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     // this connection must never wait (see the module comment). `synchronous` is per
     // connection, and FULL (the default) would sync the log at every commit.
     conn.busy_timeout(std::time::Duration::ZERO)?;
-    // `temp_store = MEMORY` keeps the savepoints' sub-journal (the pages a batch member
-    // changed first, kept to roll back to its savepoint) in memory: by default it spills
-    // to a temporary file past 64 KiB, which a batch of a few transactions reaches, and
-    // writing that file was 6.5% of the server's CPU under 4 KiB PUTs. A batch is at most
-    // MAX_BATCH small transactions, so the sub-journal stays small; the one large thing
-    // this connection does in temporary storage, a subtree walk's queue, is a few bytes
-    // per entry.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}; \
-         PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES};"
     ))?;
     conn.set_prepared_statement_cache_capacity(CACHED_STATEMENTS);
     Ok(conn)
