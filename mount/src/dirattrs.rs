@@ -11,6 +11,10 @@
 //! - an unlink or rmdir answers with the directory as it left it (when the port says);
 //! - any other change to a directory's entries (a rename, a create by upload, an unlink
 //!   whose port did not say) drops them, and the next getattr asks the port.
+//!
+//! Requests run concurrently, so an answer can arrive after a change this mount made
+//! since it was asked for: such an answer may not show the change, and drops what is held
+//! instead of replacing it (as the kernel discards attributes older than a change).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,11 +24,18 @@ use crate::port::{Entry, EntryKind};
 
 /// Directories held at most; beyond, the stale ones are dropped, then all.
 const MAX_DIRS: usize = 4096;
+/// How long a change is remembered once its directory's attributes are gone: an answer
+/// to a request sent before the change is refused for that long.
+const CHANGE_MEMORY: Duration = Duration::from_secs(60);
 
 struct Held {
-    entry: Entry,
-    /// When the port was asked (the attributes are at least this recent).
+    /// The attributes, with this mount's own changes applied; `None` once dropped.
+    entry: Option<Entry>,
+    /// When the port was asked for them (they are at least this recent).
     read_at: Instant,
+    /// When this mount last changed the directory. An answer to a request sent before it
+    /// may predate the change, and is not kept.
+    changed_at: Option<Instant>,
 }
 
 /// Attributes by directory id. See the module docs.
@@ -49,17 +60,18 @@ impl DirAttrs {
     /// The attributes of directory `id` if fresh, and for how much longer.
     pub(crate) fn get(&self, id: i64) -> Option<(Entry, Duration)> {
         let mut dirs = self.lock();
-        let held = dirs.get(&id)?;
+        let held = dirs.get_mut(&id)?;
         let age = held.read_at.elapsed();
         if age < self.ttl {
-            return Some((held.entry.clone(), self.ttl - age));
+            return Some((held.entry.clone()?, self.ttl - age));
         }
-        dirs.remove(&id);
+        held.entry = None;
         None
     }
 
     /// `e` as the port gave it in an answer to a request sent at `asked`. Only
-    /// directories are kept.
+    /// directories are kept, and not an answer that may be older than what is held or
+    /// than a change this mount made since `asked` (that drops what is held instead).
     pub(crate) fn read(&self, e: &Entry, asked: Instant) {
         if e.kind != EntryKind::Dir || self.ttl.is_zero() {
             return;
@@ -67,38 +79,57 @@ impl DirAttrs {
         let mut dirs = self.lock();
         if dirs.len() >= MAX_DIRS && !dirs.contains_key(&e.id) {
             let ttl = self.ttl;
-            dirs.retain(|_, h| h.read_at.elapsed() < ttl);
+            dirs.retain(|_, h| {
+                (h.entry.is_some() && h.read_at.elapsed() < ttl)
+                    || h.changed_at.is_some_and(|c| c.elapsed() < CHANGE_MEMORY)
+            });
             if dirs.len() >= MAX_DIRS {
                 dirs.clear();
             }
         }
-        match dirs.get(&e.id) {
-            // An answer to an older request does not replace a newer one.
-            Some(h) if h.read_at > asked => {}
-            _ => {
-                dirs.insert(
-                    e.id,
-                    Held {
-                        entry: e.clone(),
-                        read_at: asked,
-                    },
-                );
-            }
+        let held = dirs.entry(e.id).or_insert(Held {
+            entry: None,
+            read_at: asked,
+            changed_at: None,
+        });
+        if held.changed_at.is_some_and(|c| c > asked) {
+            held.entry = None;
+        } else if held.entry.is_none() || held.read_at <= asked {
+            held.entry = Some(e.clone());
+            held.read_at = asked;
         }
     }
 
     /// This mount created `child` in its directory: the directory's mtime and ctime are
-    /// now the child's ctime. The attributes stay as old as they were otherwise.
+    /// now the child's ctime (or later, if another change was answered first). The
+    /// attributes stay as old as they were otherwise.
     pub(crate) fn created(&self, child: &Entry) {
-        if let Some(h) = self.lock().get_mut(&child.parent) {
-            h.entry.mtime_ms = child.ctime_ms;
-            h.entry.ctime_ms = child.ctime_ms;
+        let mut dirs = self.lock();
+        let Some(held) = dirs.get_mut(&child.parent) else {
+            return self.changed(&mut dirs, child.parent);
+        };
+        held.changed_at = Some(Instant::now());
+        if let Some(e) = held.entry.as_mut() {
+            e.mtime_ms = e.mtime_ms.max(child.ctime_ms);
+            e.ctime_ms = e.ctime_ms.max(child.ctime_ms);
         }
     }
 
     /// Drops what is held for `id` (changed in a way not known here, or gone).
     pub(crate) fn forget(&self, id: i64) {
-        self.lock().remove(&id);
+        let mut dirs = self.lock();
+        self.changed(&mut dirs, id);
+    }
+
+    fn changed(&self, dirs: &mut HashMap<i64, Held>, id: i64) {
+        let now = Instant::now();
+        let held = dirs.entry(id).or_insert(Held {
+            entry: None,
+            read_at: now,
+            changed_at: None,
+        });
+        held.entry = None;
+        held.changed_at = Some(now);
     }
 }
 
@@ -155,14 +186,39 @@ mod tests {
         let (e, after) = a.get(2).unwrap();
         assert_eq!((e.mtime_ms, e.ctime_ms), (25, 25));
         assert!(after <= before, "a create does not make the rest of them fresher");
-        // An answer to an older request does not undo a newer one.
-        a.read(&entry(2, 1, EntryKind::Dir, 5), asked - Duration::from_secs(1));
-        assert_eq!(a.get(2).unwrap().0.mtime_ms, 25);
+        a.created(&entry(6, 2, EntryKind::File, 20));
+        assert_eq!(a.get(2).unwrap().0.mtime_ms, 25, "an earlier create answered late");
         a.read(&entry(2, 1, EntryKind::Dir, 30), Instant::now());
         assert_eq!(a.get(2).unwrap().0.mtime_ms, 30);
         a.forget(2);
         assert!(a.get(2).is_none());
         a.created(&entry(8, 2, EntryKind::File, 40));
         assert!(a.get(2).is_none(), "a create does not invent attributes");
+    }
+
+    #[test]
+    fn answers_older_than_what_is_held_or_than_a_change_are_not_kept() {
+        let a = DirAttrs::new(Duration::from_secs(60));
+        let early = Instant::now() - Duration::from_millis(10);
+        a.read(&entry(2, 1, EntryKind::Dir, 20), Instant::now());
+        a.read(&entry(2, 1, EntryKind::Dir, 10), early);
+        assert_eq!(a.get(2).unwrap().0.mtime_ms, 20, "the newer answer stays");
+
+        // A getattr sent before a create, answered after it: it may not show the create.
+        let sent = Instant::now() - Duration::from_millis(10);
+        a.created(&entry(7, 2, EntryKind::File, 30));
+        a.read(&entry(2, 1, EntryKind::Dir, 20), sent);
+        assert!(a.get(2).is_none(), "dropped: the next getattr asks the port");
+        // Likewise for a directory not held when it changed.
+        let sent = Instant::now() - Duration::from_millis(10);
+        a.forget(3);
+        a.read(&entry(3, 1, EntryKind::Dir, 20), sent);
+        assert!(a.get(3).is_none());
+        a.read(&entry(3, 1, EntryKind::Dir, 40), Instant::now());
+        assert_eq!(
+            a.get(3).unwrap().0.mtime_ms,
+            40,
+            "an answer sent after the change is kept"
+        );
     }
 }
