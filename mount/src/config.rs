@@ -27,7 +27,8 @@ pub struct MountConfig {
     pub spool_dir: PathBuf,
     /// Most bytes all spool files together may hold; a write past it fails with `ENOSPC`.
     pub max_spool_bytes: u64,
-    /// Most `put_file` calls in flight at once.
+    /// Most `put_file` calls in flight at once, and most write-behind uploads running at
+    /// once (each holds up to `stream_parallel` chunks in memory).
     pub max_concurrent_uploads: usize,
     /// How long the kernel may cache attributes.
     pub attr_ttl: Duration,
@@ -55,7 +56,8 @@ pub struct MountConfig {
     /// written (write-behind, if the port has it) once it holds this many bytes; smaller
     /// files are sent whole at close. `u64::MAX` turns write-behind off.
     pub stream_min: u64,
-    /// Chunks of one write-behind upload in flight at once.
+    /// Chunks of one write-behind upload in flight at once (each a buffer of the port's
+    /// chunk size, 5 MiB on a filestore server).
     pub stream_parallel: usize,
     /// Threads serving FUSE requests (each blocks on one request at a time).
     pub threads: usize,

@@ -456,6 +456,10 @@ pub struct Fs {
     dir_attrs: DirAttrs,
     journal: Journal,
     uploads: Semaphore,
+    /// Write-behind uploads running at once, each with up to `stream_parallel` chunk
+    /// buffers: at most `max_concurrent_uploads`. A file that finds none free is sent at
+    /// close, or starts streaming at a later write once one is.
+    stream_slots: Arc<Semaphore>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     open: Mutex<HashMap<i64, Arc<OpenFile>>>,
@@ -535,6 +539,7 @@ impl Fs {
             dir_attrs: DirAttrs::new(cfg.attr_ttl),
             journal,
             uploads: Semaphore::new(cfg.max_concurrent_uploads.max(1)),
+            stream_slots: Arc::new(Semaphore::new(cfg.max_concurrent_uploads.max(1))),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
@@ -1606,20 +1611,20 @@ impl Fs {
         if upto < self.cfg.stream_min || !self.streams || !sp.running.as_ref().is_some_and(RunningSha1::is_hashing) {
             return;
         }
+        let Ok(slot) = self.stream_slots.clone().try_acquire_owned() else {
+            return;
+        };
         // The task reads the spool through its own descriptor, never under the state lock.
         let Ok(file) = sp.file.try_clone() else { return };
         let Some(hash) = sp.running.as_mut().and_then(RunningSha1::detach) else {
             return;
         };
         let (cmd, rx) = tokio::sync::watch::channel(StreamCmd::Ready(upto));
-        let task = self.rt.spawn(run_stream(
-            self.port.clone(),
-            id,
-            file,
-            self.cfg.stream_parallel,
-            hash,
-            rx,
-        ));
+        let stream = run_stream(self.port.clone(), id, file, self.cfg.stream_parallel, hash, rx);
+        let task = self.rt.spawn(async move {
+            let _slot = slot;
+            stream.await
+        });
         sp.stream = Some(Stream { cmd, ready: upto, task });
     }
 

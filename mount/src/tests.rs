@@ -377,6 +377,44 @@ async fn a_file_written_front_to_back_streams_its_chunks() {
     assert_eq!(read_all(&fs, ino, 1 << 20).await, data);
 }
 
+/// Write-behind uploads are bounded by `max_concurrent_uploads`: a file that finds no slot
+/// free is sent whole at close (or streams once a slot frees), and its bytes arrive all the
+/// same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_running_at_once_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = Arc::new(MemoryTree::new(0, 0));
+    tree.enable_streams(64 << 10);
+    let mut cfg = MountConfig::new(dir.path());
+    cfg.stream_min = 128 << 10;
+    cfg.max_concurrent_uploads = 1;
+    let fs = Fs::new(tree.clone(), cfg, tokio::runtime::Handle::current()).unwrap();
+    let (a, b) = (pattern(512 << 10), pattern(600 << 10));
+    let (_, oa) = fs.create(ROOT_INO, OsStr::new("a"), 0o644, RDWR, ME).await.unwrap();
+    let (_, ob) = fs.create(ROOT_INO, OsStr::new("b"), 0o644, RDWR, ME).await.unwrap();
+    // Written side by side, front to back: both pass stream_min, only one may stream.
+    for i in 0..10 {
+        let at = i * (64 << 10);
+        if let Some(c) = a.get(at..(at + (64 << 10)).min(a.len())) {
+            fs.write(oa.fh, at as u64, c).await.unwrap();
+        }
+        if let Some(c) = b.get(at..(at + (64 << 10)).min(b.len())) {
+            fs.write(ob.fh, at as u64, c).await.unwrap();
+        }
+    }
+    assert_eq!(tree.stream_stats().begun, 1, "one slot, one stream");
+    for o in [oa, ob] {
+        fs.flush(o.fh).await.unwrap();
+        fs.release(o.fh).await.unwrap();
+    }
+    assert_eq!(tree.content("a").unwrap(), a);
+    assert_eq!(tree.content("b").unwrap(), b);
+    // The slot is free again once its stream ended.
+    write_file(&fs, "c", &pattern(300 << 10)).await;
+    let s = tree.stream_stats();
+    assert_eq!((s.begun, s.committed, s.open), (2, 2, 0), "{s:?}");
+}
+
 /// A write or truncate below what a stream has sent abandons it: the commit uploads the
 /// file whole, with the new bytes, and never completes a session holding the old ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
