@@ -82,3 +82,31 @@ stop_pid() {
   log "pid $pid ignored SIGTERM for 15 s: SIGKILL"
   kill -KILL "$pid" 2>/dev/null || true
 }
+
+# For the A/B scripts: a fresh `filestore serve` of BIN on its embedded default (user
+# bench, password benchpass1) on 127.0.0.1:PORT, and a `filestore mount --server` of it
+# with the extra mount arguments given, all in a new directory under BENCH_TMPDIR (default
+# /var/tmp). Sets AB_DIR (the mountpoint is $AB_DIR/mnt), AB_SERVER and AB_MOUNT (pids).
+ab_start() {  # ab_start BIN PORT [MOUNT_ARGS...]
+  local bin=$1 port=$2
+  shift 2
+  AB_DIR=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/fs-ab.XXXXXX")
+  mkdir -p "$AB_DIR/data" "$AB_DIR/mnt" "$AB_DIR/spool"
+  echo benchpass1 | "$bin" user add bench --password-stdin --data-dir "$AB_DIR/data" >/dev/null 2>&1
+  "$bin" serve --listen "127.0.0.1:$port" --data-dir "$AB_DIR/data" >"$AB_DIR/server.log" 2>&1 &
+  AB_SERVER=$!
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  echo benchpass1 >"$AB_DIR/pw"
+  HOME=$AB_DIR "$bin" mount --server "http://127.0.0.1:$port" --user bench --password-file "$AB_DIR/pw" \
+    --spool-dir "$AB_DIR/spool" "$@" "$AB_DIR/mnt" >"$AB_DIR/mount.log" 2>&1 &
+  AB_MOUNT=$!
+  for _ in $(seq 100); do grep -q " $AB_DIR/mnt " /proc/self/mountinfo && break; sleep 0.1; done
+}
+
+# Stops what `ab_start` started and removes its directory.
+ab_stop() {
+  kill "$AB_MOUNT"; wait "$AB_MOUNT" 2>/dev/null || true
+  kill "$AB_SERVER"; wait "$AB_SERVER" 2>/dev/null || true
+  if grep -q " $AB_DIR/mnt " /proc/self/mountinfo; then fusermount3 -u -z "$AB_DIR/mnt"; fi
+  rm -rf "$AB_DIR"
+}

@@ -16,22 +16,14 @@ set -euo pipefail
 A=$1; B=$2; N=${3:-3000}; ROUNDS=${4:-3}
 PORT=${BENCH_PORT:-39377}
 SETTLE=${BENCH_INODE_SETTLE:-61}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 pass() {  # pass BIN EXTRA_ARGS
-  local bin=$1 extra=$2 w sp mp
-  w=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/fs-create-ab.XXXXXX")
-  mkdir -p "$w/data" "$w/mnt" "$w/spool"
-  echo benchpass1 | "$bin" user add bench --password-stdin --data-dir "$w/data" >/dev/null 2>&1
-  "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$w/data" >"$w/server.log" 2>&1 &
-  sp=$!
-  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-  echo benchpass1 >"$w/pw"
+  local bin=$1 extra=$2
   # shellcheck disable=SC2086
-  HOME=$w "$bin" mount --server "http://127.0.0.1:$PORT" --user bench --password-file "$w/pw" \
-    --spool-dir "$w/spool" $extra "$w/mnt" >"$w/mount.log" 2>&1 &
-  mp=$!
-  for _ in $(seq 100); do grep -q " $w/mnt " /proc/self/mountinfo && break; sleep 0.1; done
-  python3 - "$w/mnt" "$N" "$sp" "$mp" <<'PY'
+  ab_start "$bin" "$PORT" $extra
+  python3 - "$AB_DIR/mnt" "$N" "$AB_SERVER" "$AB_MOUNT" <<'PY'
 import os, sys, time
 mnt, n, sp, mp = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def ticks(p):
@@ -51,10 +43,7 @@ t2, s2, m2 = time.time(), ticks(sp), ticks(mp)
 print("create %6.0f/s server %4d mount %4d ticks | unlink %6.0f/s server %4d mount %4d ticks"
       % (n / (t1 - t0), s1 - s0, m1 - m0, n / (t2 - t1), s2 - s1, m2 - m1))
 PY
-  kill "$mp"; wait "$mp" 2>/dev/null || true
-  kill "$sp"; wait "$sp" 2>/dev/null || true
-  if grep -q " $w/mnt " /proc/self/mountinfo; then fusermount3 -u -z "$w/mnt"; fi
-  rm -rf "$w"
+  ab_stop
 }
 
 for r in $(seq "$ROUNDS"); do

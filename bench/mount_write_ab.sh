@@ -16,28 +16,20 @@ set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
 A=$1; B=$2; ROUNDS=${3:-3}
 PORT=${BENCH_PORT:-39380}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 SRC=$(mktemp /dev/shm/fs-write-ab.XXXXXX)
 trap 'rm -f "$SRC"' EXIT
 head -c $((1 << 30)) /dev/urandom >"$SRC"
 
 pass() {  # pass BIN PERF_OUT
-  local bin=$1 perf_out=$2 w sp mp pp=
-  w=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/fs-write-ab.XXXXXX")
-  mkdir -p "$w/data" "$w/mnt" "$w/spool" "$w/cache"
-  echo benchpass1 | "$bin" user add bench --password-stdin --data-dir "$w/data" >/dev/null 2>&1
-  "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$w/data" >"$w/server.log" 2>&1 &
-  sp=$!
-  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-  echo benchpass1 >"$w/pw"
-  HOME=$w "$bin" mount --server "http://127.0.0.1:$PORT" --user bench --password-file "$w/pw" \
-    --spool-dir "$w/spool" --disk-cache 4GiB "$w/mnt" >"$w/mount.log" 2>&1 &
-  mp=$!
-  for _ in $(seq 100); do grep -q " $w/mnt " /proc/self/mountinfo && break; sleep 0.1; done
+  local bin=$1 perf_out=$2 pp=
+  ab_start "$bin" "$PORT" --disk-cache 4GiB
   if [ -n "$perf_out" ]; then
-    perf record -F 2000 -g -o "$perf_out" -p "$mp" >/dev/null 2>&1 &
+    perf record -F 2000 -g -o "$perf_out" -p "$AB_MOUNT" >/dev/null 2>&1 &
     pp=$!
   fi
-  python3 - "$w/mnt" "$SRC" "$sp" "$mp" "$(basename "$bin")" <<'PY'
+  python3 - "$AB_DIR/mnt" "$SRC" "$AB_SERVER" "$AB_MOUNT" "$(basename "$bin")" <<'PY'
 import os, sys, time
 mnt, src, sp, mp, name = sys.argv[1:6]
 def ticks(p):
@@ -60,10 +52,7 @@ print("%-24s writes %.2f s (quarters at %s s)  close %.2f s  %4.0f MB/s  server 
       % (name, t1 - t0, "/".join(marks), t2 - t1, (1 << 30) / (t2 - t0) / 1e6, ticks(sp) - s0, ticks(mp) - m0))
 PY
   if [ -n "$pp" ]; then kill -INT "$pp"; wait "$pp" 2>/dev/null || true; fi
-  kill "$mp"; wait "$mp" 2>/dev/null || true
-  kill "$sp"; wait "$sp" 2>/dev/null || true
-  if grep -q " $w/mnt " /proc/self/mountinfo; then fusermount3 -u -z "$w/mnt"; fi
-  rm -rf "$w"
+  ab_stop
 }
 
 for r in $(seq "$ROUNDS"); do
