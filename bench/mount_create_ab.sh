@@ -10,6 +10,8 @@
 #                                    "--disk-cache 4GiB")
 #        BENCH_PORT                   loopback port of the server (default 39377)
 #        BENCH_TMPDIR                 where data dirs go (default /var/tmp; a real disk)
+#        BENCH_REQUESTS=1             also print the server's request counters of each pass
+#                                     (filestore_http_requests_total from /metrics)
 # Needs root, /dev/fuse and fusermount3. Run it under `flock -x /tmp/filestore-bench.lock`.
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
@@ -43,6 +45,9 @@ t2, s2, m2 = time.time(), ticks(sp), ticks(mp)
 print("create %6.0f/s server %4d mount %4d ticks | unlink %6.0f/s server %4d mount %4d ticks"
       % (n / (t1 - t0), s1 - s0, m1 - m0, n / (t2 - t1), s2 - s1, m2 - m1))
 PY
+  if [ -n "${BENCH_REQUESTS:-}" ]; then
+    curl -sS "http://127.0.0.1:$PORT/metrics" | grep '^filestore_http_requests_total' | sed 's/^/    /'
+  fi
   ab_stop
 }
 
