@@ -77,16 +77,7 @@ impl DirAttrs {
             return;
         }
         let mut dirs = self.lock();
-        if dirs.len() >= MAX_DIRS && !dirs.contains_key(&e.id) {
-            let ttl = self.ttl;
-            dirs.retain(|_, h| {
-                (h.entry.is_some() && h.read_at.elapsed() < ttl)
-                    || h.changed_at.is_some_and(|c| c.elapsed() < CHANGE_MEMORY)
-            });
-            if dirs.len() >= MAX_DIRS {
-                dirs.clear();
-            }
-        }
+        self.make_room(&mut dirs, e.id);
         let held = dirs.entry(e.id).or_insert(Held {
             entry: None,
             read_at: asked,
@@ -115,6 +106,22 @@ impl DirAttrs {
         }
     }
 
+    /// Keeps the map within `MAX_DIRS` before `id` is added: stale attributes and old
+    /// changes go first, then everything.
+    fn make_room(&self, dirs: &mut HashMap<i64, Held>, id: i64) {
+        if dirs.len() < MAX_DIRS || dirs.contains_key(&id) {
+            return;
+        }
+        let ttl = self.ttl;
+        dirs.retain(|_, h| {
+            (h.entry.is_some() && h.read_at.elapsed() < ttl)
+                || h.changed_at.is_some_and(|c| c.elapsed() < CHANGE_MEMORY)
+        });
+        if dirs.len() >= MAX_DIRS {
+            dirs.clear();
+        }
+    }
+
     /// Drops what is held for `id` (changed in a way not known here, or gone).
     pub(crate) fn forget(&self, id: i64) {
         let mut dirs = self.lock();
@@ -122,6 +129,7 @@ impl DirAttrs {
     }
 
     fn changed(&self, dirs: &mut HashMap<i64, Held>, id: i64) {
+        self.make_room(dirs, id);
         let now = Instant::now();
         let held = dirs.entry(id).or_insert(Held {
             entry: None,

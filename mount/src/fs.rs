@@ -942,8 +942,10 @@ impl Fs {
         self.dirs.remove(dir, name);
         self.dirs.put(&moved);
         // Both directories' times changed, and a moved directory's ctime: asked afresh.
-        for id in [dir, moved.parent, moved.id] {
-            self.dir_attrs.forget(id);
+        self.dir_attrs.forget(dir);
+        self.dir_attrs.forget(moved.parent);
+        if moved.kind == EntryKind::Dir {
+            self.dir_attrs.forget(moved.id);
         }
         Ok(())
     }

@@ -200,21 +200,12 @@ impl MemoryTree {
     /// The content of the file at `path` (names separated by `/`), straight from the tree.
     pub fn content(&self, path: &str) -> Option<Bytes> {
         let st = self.lock();
-        let mut id = MEMORY_ROOT_ID;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            id = *st.children.get(&id)?.get(part)?;
-        }
-        st.blobs.get(st.nodes.get(&id)?.sha1.as_ref()?).cloned()
+        st.blobs.get(st.node_at(path)?.sha1.as_ref()?).cloned()
     }
 
     /// The entry at `path` (names separated by `/`), straight from the tree.
     pub fn entry_at(&self, path: &str) -> Option<Entry> {
-        let st = self.lock();
-        let mut id = MEMORY_ROOT_ID;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            id = *st.children.get(&id)?.get(part)?;
-        }
-        st.nodes.get(&id).cloned()
+        self.lock().node_at(path).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -347,6 +338,15 @@ impl State {
             EntryKind::Dir => self.children.get(&id).ok_or(PortError::NotFound),
             EntryKind::File => Err(PortError::NotADirectory),
         }
+    }
+
+    /// The entry at `path` (names separated by `/`).
+    fn node_at(&self, path: &str) -> Option<&Entry> {
+        let mut id = MEMORY_ROOT_ID;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            id = *self.children.get(&id)?.get(part)?;
+        }
+        self.nodes.get(&id)
     }
 
     fn touch_dir(&mut self, id: i64, now: i64) {

@@ -344,10 +344,17 @@ async fn without_a_listing_ttl_every_lookup_asks_the_port() {
 
 /// A mount whose port takes write-behind uploads in 64 KiB chunks, from 128 KiB on.
 fn setup_streams(spool: &std::path::Path) -> (Arc<MemoryTree>, Fs) {
+    setup_streams_with(spool, |_| {})
+}
+
+/// A tree with write-behind in 64 KiB chunks and a mount streaming from 128 KiB, with
+/// `tune` applied to the mount's settings.
+fn setup_streams_with(spool: &std::path::Path, tune: impl FnOnce(&mut MountConfig)) -> (Arc<MemoryTree>, Fs) {
     let tree = Arc::new(MemoryTree::new(0, 0));
     tree.enable_streams(64 << 10);
     let mut cfg = MountConfig::new(spool);
     cfg.stream_min = 128 << 10;
+    tune(&mut cfg);
     let fs = Fs::new(tree.clone(), cfg, tokio::runtime::Handle::current()).unwrap();
     (tree, fs)
 }
@@ -383,12 +390,7 @@ async fn a_file_written_front_to_back_streams_its_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_running_at_once_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = Arc::new(MemoryTree::new(0, 0));
-    tree.enable_streams(64 << 10);
-    let mut cfg = MountConfig::new(dir.path());
-    cfg.stream_min = 128 << 10;
-    cfg.max_concurrent_uploads = 1;
-    let fs = Fs::new(tree.clone(), cfg, tokio::runtime::Handle::current()).unwrap();
+    let (tree, fs) = setup_streams_with(dir.path(), |cfg| cfg.max_concurrent_uploads = 1);
     let (a, b) = (pattern(512 << 10), pattern(600 << 10));
     let (_, oa) = fs.create(ROOT_INO, OsStr::new("a"), 0o644, RDWR, ME).await.unwrap();
     let (_, ob) = fs.create(ROOT_INO, OsStr::new("b"), 0o644, RDWR, ME).await.unwrap();

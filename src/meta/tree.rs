@@ -854,16 +854,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
         let m = MetaStore::connect(&url, 2).await.unwrap();
-        let sql = format!("EXPLAIN QUERY PLAN {}", delete_entries_sql(3));
-        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(1i64)
-            .bind(1i64)
-            .bind(2i64)
-            .bind(3i64)
-            .fetch_all(&m.pool)
-            .await
-            .unwrap();
-        let steps: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+        // The owner, then three ids.
+        let steps = plan(&m, &delete_entries_sql(3), 4).await;
         assert!(
             steps.iter().any(|s| s.contains("INTEGER PRIMARY KEY")) && !steps.iter().any(|s| s.contains("(owner=?)")),
             "{steps:?}"

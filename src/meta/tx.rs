@@ -38,9 +38,10 @@
 //! one turn of the scheduler, and holds SQLite's write lock meanwhile (another process
 //! writing the same file waits that long), until [`LONE_STREAK`] batches in a row had
 //! nobody else in them: from then on it commits at once, until a batch has company again
-//! (a transaction that finds others queued still leaves its batch open for them). A member whose request goes away while it
-//! waits hands the commit to a task; only if the runtime is shutting down does the batch
-//! stay open until the next write (or roll back with the process, nobody answered). A transaction that deletes bytes before it
+//! (a transaction that finds others queued still leaves its batch open for them). A
+//! member whose request goes away while it waits hands the commit to a task; only if the
+//! runtime is shutting down does the batch stay open until the next write (or roll back
+//! with the process, nobody answered). A transaction that deletes bytes before it
 //! commits (garbage collection) runs alone, so that another member's failure cannot roll
 //! back the row of bytes already gone; and every use of the gate that is not a
 //! transaction here (sqlx statements on the pool) commits an open batch first.
