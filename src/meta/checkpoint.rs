@@ -33,11 +33,17 @@ use super::{MetaError, MetaStore};
 
 /// Pages in the log at which a committing connection checkpoints itself (SQLite's default
 /// is 1000). Reached only without the background task, or when it falls behind.
-pub(super) const BACKSTOP_PAGES: u32 = 10_000;
-/// Log size at which the task makes sure it catches up, so that the log starts over.
-const RESTART_PAGES: i64 = 4_000;
-/// About 1000 pages (SQLite's own cadence) at the ~10 pages of a typical write transaction.
-const WRITES_PER_CHECKPOINT: u64 = 100;
+pub(super) const BACKSTOP_PAGES: u32 = 30_000;
+/// Log size at which the task makes sure it catches up, so that the log starts over
+/// (about 48 MB of log; a passive pass under steady writes leaves more than
+/// [`WRITES_PER_CHECKPOINT`] writes' worth).
+const RESTART_PAGES: i64 = 12_000;
+/// A checkpoint copies each page once however many commits logged it, and most pages a
+/// small write changes are the same few (the directory's row, the ends of the indexes
+/// that grow in order): the longer the interval, the fewer copies per write. At 100 writes
+/// (SQLite's own cadence of about 1000 pages) the checkpoint was 15 % of the server's CPU
+/// under 16 concurrent 4 KiB PUTs; at 1000, PUTs ran 6-15 % faster (docs/BENCHMARKS.md).
+const WRITES_PER_CHECKPOINT: u64 = 1000;
 /// Writes that did not reach [`WRITES_PER_CHECKPOINT`] are checkpointed this long after.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
