@@ -104,12 +104,7 @@ impl MetaStore {
     /// The user's most recently created file with this content: what the seed routes that
     /// name a file only by hash act on.
     pub async fn newest_with_content(&self, owner: i64, sha1: &str) -> Result<Option<Entry>, MetaError> {
-        let sql = concat!(
-            "SELECT ",
-            entry_cols!(),
-            " FROM entries WHERE owner = ? AND sha1 = ? AND kind = ? ORDER BY created_at DESC, id DESC LIMIT 1"
-        );
-        let row: Option<EntryRow> = sqlx::query_as(sql)
+        let row: Option<EntryRow> = sqlx::query_as(NEWEST_WITH_CONTENT_SQL)
             .bind(owner)
             .bind(sha1)
             .bind(EntryKind::File.code())
@@ -714,6 +709,14 @@ async fn remove_entry(c: &mut Tx<'_>, e: &Entry, recursive: bool, now: i64) -> R
     Ok(stats)
 }
 
+/// A user's newest file with given content, by `entries_by_content` (sha1, owner, kind,
+/// created_at), in index order: no sort even over the many empty files one user may have.
+const NEWEST_WITH_CONTENT_SQL: &str = concat!(
+    "SELECT ",
+    entry_cols!(),
+    " FROM entries WHERE owner = ? AND sha1 = ? AND kind = ? ORDER BY created_at DESC, id DESC LIMIT 1"
+);
+
 /// The entries of the subtree at `id` (parameters: id, owner, owner), with their contents.
 /// `CROSS JOIN` makes SQLite take each subtree entry in turn and search its children by
 /// `(owner, parent)`: planned freely (no statistics here), it walked the index
@@ -845,6 +848,23 @@ mod tests {
             steps.iter().any(|s| s.contains("(owner=? AND parent=? AND name>?)")),
             "{steps:?}"
         );
+    }
+
+    /// A user's newest file with given content is found in the one content index, in
+    /// order (migration 0006).
+    #[tokio::test]
+    async fn newest_with_content_reads_the_content_index_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
+        let m = MetaStore::connect(&url, 2).await.unwrap();
+        let steps = plan(&m, NEWEST_WITH_CONTENT_SQL, 3).await;
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("entries_by_content (sha1=? AND owner=? AND kind=?)")),
+            "{steps:?}"
+        );
+        assert!(!steps.iter().any(|s| s.contains("TEMP B-TREE")), "{steps:?}");
     }
 
     /// What SQLite plans for the batched delete of a subtree's entries: a lookup per id,
