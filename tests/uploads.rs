@@ -795,6 +795,44 @@ async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     let (st, v) = v1_complete(&s, &t, &id, Some(json!({"sha1": sha1_hex(&chunk(1)), "size": CHUNK}))).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
+
+    // Chunks with a CRC-32 each and no SHA-1 at all, as the mount's write-behind sends
+    // them: a chunk that arrives otherwise is refused and not recorded, and the file's
+    // SHA-1 is the server's.
+    let id = init().await;
+    let part = |i: usize, crc: String, bytes: Vec<u8>| {
+        let (s, t, id) = (&s, &t, &id);
+        async move {
+            s.http
+                .put(s.url(&format!("/api/v1/uploads/{id}/parts/{i}")))
+                .bearer_auth(t)
+                .header("x-chunk-crc32", crc)
+                .body(bytes)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let crc = |b: &[u8]| format!("{:08x}", crc32fast::hash(b));
+    let mut damaged = chunk(1);
+    damaged[7] ^= 1;
+    assert_eq!(part(1, crc(&chunk(1)), damaged).await, StatusCode::BAD_REQUEST);
+    assert_eq!(part(1, "xyz".into(), chunk(1)).await, StatusCode::BAD_REQUEST);
+    assert_eq!(part(1, "0000000g".into(), chunk(1)).await, StatusCode::BAD_REQUEST);
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"size": data.len()}))).await;
+    assert_eq!(st, StatusCode::CONFLICT, "the refused chunk was not recorded: {v}");
+    for i in 1..=4 {
+        assert_eq!(part(i, crc(&chunk(i)), chunk(i)).await, StatusCode::OK);
+    }
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"size": data.len()}))).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["sha1"].as_str(), v["size"].as_u64()),
+        (Some(sha1.as_str()), Some(data.len() as u64)),
+        "the SHA-1 the server computed"
+    );
+    assert_eq!(parts_files(&s), 0);
     s.stop().await;
 }
 

@@ -36,10 +36,10 @@ use crate::cache::{nz, BlockCache, Claimed, IfBusy, ReadAhead, BLOCK_SIZE};
 use crate::dirattrs::DirAttrs;
 use crate::dircache::{Cached, DirCache, Fetch};
 use crate::disk::{DiskCache, Fill};
-use crate::journal::{hash_range, hex, now_ms, sha1_file, Journal, Pending, RunningSha1};
+use crate::journal::{now_ms, sha1_file, Journal, Pending, RunningSha1};
 use crate::port::{
-    Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamSession,
-    EMPTY_SHA1, NAME_MAX,
+    Entry, EntryKind, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamEnd,
+    StreamSession, EMPTY_SHA1, NAME_MAX,
 };
 use crate::MountConfig;
 
@@ -258,11 +258,6 @@ struct Streamed {
     session: StreamSession,
     /// Chunks `0..sent` went.
     sent: u64,
-    /// The SHA-1 of the spool's first `hashed` bytes: the task took the running hash over
-    /// and fed it the chunks it read for sending, so that the writes, which wait for
-    /// each other, do not hash them.
-    hasher: sha1::Sha1,
-    hashed: u64,
 }
 
 /// Chunk buffers of write-behind uploads, reused: a fresh multi-MiB allocation is a fresh
@@ -299,20 +294,17 @@ impl BufPool {
 }
 
 /// The write-behind task: begins a session, then reads each chunk of the spool once the
-/// spool's final bytes cover it, hashes it in order (continuing `hasher`, which covers
-/// the first `hashed` bytes) and sends it, `parallel` at a time, until told to finish or
-/// abort.
+/// spool's final bytes cover it and sends it, `parallel` at a time, until told to finish
+/// or abort. It hashes nothing: the server computes the file's SHA-1, and the port sends
+/// each chunk with a checksum of its own (a SHA-1 here as well cost a third of the
+/// mount's CPU on a large write, docs/BENCHMARKS.md).
 async fn run_stream(
     port: Arc<dyn RemoteTree>,
     id: i64,
     file: File,
     parallel: usize,
-    (hasher, mut hashed): (sha1::Sha1, u64),
     mut cmd: tokio::sync::watch::Receiver<StreamCmd>,
 ) -> Result<Streamed, PortError> {
-    use sha1::Digest;
-    // Lent to each chunk's read and given back; only a failed read leaves it out.
-    let mut hasher = Some(hasher);
     let session = match port.begin_stream(id).await {
         Ok(Some(s)) => s,
         Ok(None) => return Err(PortError::Unsupported),
@@ -331,22 +323,16 @@ async fn run_stream(
             StreamCmd::Abort => break Err(PortError::Other("write-behind abandoned".into())),
         };
         if next < ready / cs && inflight.len() < parallel.max(1) {
-            // Read and hashed here, in order; sent concurrently.
-            let (f, p, index, mut h) = (file.clone(), pool.clone(), next, hasher.take().unwrap_or_default());
+            // Read here, in order; sent concurrently.
+            let (f, p, index) = (file.clone(), pool.clone(), next);
             let read = tokio::task::spawn_blocking(move || {
                 let mut buf = p.take(cs as usize);
                 f.read_exact_at(&mut buf, index * cs)?;
-                let skip = hashed.saturating_sub(index * cs).min(cs) as usize;
-                h.update(&buf[skip..]);
-                Ok::<_, io::Error>((Bytes::from_owner(PooledBuf(buf, p)), h))
+                Ok::<_, io::Error>(Bytes::from_owner(PooledBuf(buf, p)))
             })
             .await;
             let data = match read {
-                Ok(Ok((data, h))) => {
-                    hasher = Some(h);
-                    hashed = hashed.max((index + 1) * cs);
-                    data
-                }
+                Ok(Ok(data)) => data,
                 Ok(Err(e)) => break Err(PortError::Other(Box::new(e))),
                 Err(e) => break Err(PortError::Other(e.to_string().into())),
             };
@@ -374,18 +360,8 @@ async fn run_stream(
             }
         }
     };
-    match result.and_then(|sent| {
-        Ok((
-            sent,
-            hasher.ok_or(PortError::Other("write-behind lost its hash".into()))?,
-        ))
-    }) {
-        Ok((sent, hasher)) => Ok(Streamed {
-            session,
-            sent,
-            hasher,
-            hashed,
-        }),
+    match result {
+        Ok(sent) => Ok(Streamed { session, sent }),
         Err(e) => {
             inflight.abort_all();
             port.abort_stream(&session).await;
@@ -1342,9 +1318,9 @@ impl Fs {
             Some(st) if sp.running.is_some() => {
                 let _ = st.cmd.send(StreamCmd::Finish(st.ready));
                 match st.task.await {
-                    Ok(Ok(done)) if done.hashed <= sp.size => Some(done),
+                    Ok(Ok(done)) if done.sent.saturating_mul(done.session.chunk_size) <= sp.size => Some(done),
                     Ok(Ok(done)) => {
-                        warn!(id = of.id, "write-behind hashed past the end; uploading the file whole");
+                        warn!(id = of.id, "write-behind sent past the end; uploading the file whole");
                         self.port.abort_stream(&done.session).await;
                         None
                     }
@@ -1364,48 +1340,54 @@ impl Fs {
             }
             None => None,
         };
-        let sha1 = match &stream {
-            Some(done) => {
-                let mut hasher = done.hasher.clone();
-                hash_range(&mut hasher, &sp.file, done.hashed, sp.size)?;
-                // Written front to back to the end: later appends go on hashing.
-                if sp.running.as_ref().is_some_and(|r| r.upto() == sp.size) {
-                    sp.running = Some(RunningSha1::resume(hasher.clone(), sp.size));
-                }
-                hex(&sha1::Digest::finalize(hasher))
-            }
-            None => match sp
-                .running
-                .as_ref()
-                .map(|r| r.finish(&sp.file, sp.size))
-                .transpose()?
-                .flatten()
-            {
-                Some(h) => h,
-                None => sha1_file(&mut sp.file)?,
-            },
-        };
         let path = self.journal.data_path(of.id);
-        let put = PutFile {
-            target: PutTarget::Replace { id: of.id },
-            source: &path,
-            size: sp.size,
-            sha1: &sha1,
-            mtime_ms: sp.explicit_mtime.unwrap_or(sp.mtime_ms),
-        };
-        let result = {
-            let _permit = self.uploads.acquire().await;
-            match &stream {
-                Some(done) => self.port.finish_stream(&done.session, put, done.sent).await,
-                None => self.port.put_file(put).await,
+        let mtime_ms = sp.explicit_mtime.unwrap_or(sp.mtime_ms);
+        let result = match &stream {
+            // Not hashed here: the port answers the SHA-1 the server computed.
+            Some(done) => {
+                let end = StreamEnd {
+                    id: of.id,
+                    source: &path,
+                    size: sp.size,
+                    mtime_ms,
+                };
+                let _permit = self.uploads.acquire().await;
+                self.port.finish_stream(&done.session, end, done.sent).await
+            }
+            None => {
+                let sha1 = match sp
+                    .running
+                    .as_ref()
+                    .map(|r| r.finish(&sp.file, sp.size))
+                    .transpose()?
+                    .flatten()
+                {
+                    Some(h) => h,
+                    None => sha1_file(&mut sp.file)?,
+                };
+                let put = PutFile {
+                    target: PutTarget::Replace { id: of.id },
+                    source: &path,
+                    size: sp.size,
+                    sha1: &sha1,
+                    mtime_ms,
+                };
+                let _permit = self.uploads.acquire().await;
+                self.port.put_file(put).await
             }
         };
+        if stream.is_some() {
+            // Nothing hashed the file: a later commit of this spool hashes it whole.
+            sp.running = None;
+        }
         match result {
             Ok(e) => {
-                debug!(id = of.id, size = sp.size, sha1, "committed");
+                debug!(id = of.id, size = sp.size, sha1 = e.sha1.as_deref(), "committed");
                 self.dirs.put(&e);
-                sp.committed = Some(sha1.clone());
-                lock(&self.kept).put(of.id, sha1);
+                sp.committed = e.sha1.clone();
+                if let Some(sha1) = e.sha1.clone() {
+                    lock(&self.kept).put(of.id, sha1);
+                }
                 let mut sh = lock(&of.shadow);
                 sh.entry = e;
                 sh.dirty_mtime = None;
@@ -1618,11 +1600,12 @@ impl Fs {
         };
         // The task reads the spool through its own descriptor, never under the state lock.
         let Ok(file) = sp.file.try_clone() else { return };
-        let Some(hash) = sp.running.as_mut().and_then(RunningSha1::detach) else {
+        // The stream's file is not hashed here (see `run_stream`): writes only move `upto`.
+        if sp.running.as_mut().and_then(RunningSha1::detach).is_none() {
             return;
-        };
+        }
         let (cmd, rx) = tokio::sync::watch::channel(StreamCmd::Ready(upto));
-        let stream = run_stream(self.port.clone(), id, file, self.cfg.stream_parallel, hash, rx);
+        let stream = run_stream(self.port.clone(), id, file, self.cfg.stream_parallel, rx);
         let task = self.rt.spawn(async move {
             let _slot = slot;
             stream.await

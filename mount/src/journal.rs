@@ -339,9 +339,9 @@ pub(crate) fn sha1_file(file: &mut File) -> io::Result<String> {
 /// drop it when bytes below `upto` change (an overwrite, a truncate below `upto`); bytes
 /// past `upto` may change freely (holes, writes out of order): they are read at the end.
 ///
-/// Once a write-behind upload reads the spool anyway, it takes the hashing over
-/// ([`RunningSha1::detach`]): writes then only move `upto`, which still says how far the
-/// spool is written front to back.
+/// Once a write-behind upload starts, the hashing stops ([`RunningSha1::detach`]): the
+/// server computes the SHA-1 of a streamed file. Writes then only move `upto`, which still
+/// says how far the spool is written front to back.
 #[derive(Clone)]
 pub(crate) struct RunningSha1 {
     /// `None` once detached.
@@ -357,14 +357,6 @@ impl RunningSha1 {
         }
     }
 
-    /// A running hash of the first `upto` bytes, whose state is `hasher`.
-    pub(crate) fn resume(hasher: Sha1, upto: u64) -> Self {
-        RunningSha1 {
-            hasher: Some(hasher),
-            upto,
-        }
-    }
-
     /// Takes a write of `data` at `offset`; false if it invalidates the hash.
     pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> bool {
         if offset == self.upto {
@@ -377,8 +369,8 @@ impl RunningSha1 {
         offset > self.upto || data.is_empty()
     }
 
-    /// Hands the hashing over: the hash of `[0, upto)` so far, and `upto`. `None` if it was
-    /// handed over already.
+    /// Stops the hashing: the hash of `[0, upto)` so far, and `upto`. `None` if it was
+    /// stopped already.
     pub(crate) fn detach(&mut self) -> Option<(Sha1, u64)> {
         Some((self.hasher.take()?, self.upto))
     }

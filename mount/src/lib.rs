@@ -52,7 +52,7 @@ pub use config::MountConfig;
 pub use fs::FsError;
 pub use port::{
     BoxError, Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs,
-    StreamSession, EMPTY_SHA1,
+    StreamEnd, StreamSession, EMPTY_SHA1,
 };
 
 /// Why a mount could not start.

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::journal::{now_ms, sha1_bytes};
 use crate::port::{
-    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs,
+    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamEnd,
     StreamSession, EMPTY_SHA1, NAME_MAX,
 };
 
@@ -540,7 +540,7 @@ impl RemoteTree for MemoryTree {
         Ok(())
     }
 
-    async fn finish_stream(&self, stream: &StreamSession, put: PutFile<'_>, sent: u64) -> Result<Entry, PortError> {
+    async fn finish_stream(&self, stream: &StreamSession, end: StreamEnd<'_>, sent: u64) -> Result<Entry, PortError> {
         let session = self
             .streams
             .lock()
@@ -548,9 +548,9 @@ impl RemoteTree for MemoryTree {
             .open
             .remove(&stream.id);
         // Assembled like the server does: the chunks it got, the rest from the source.
-        let source = fs::read(put.source).map_err(|e| PortError::Other(Box::new(e)))?;
-        let ours = match (&session, put.target) {
-            (Some((id, chunks)), PutTarget::Replace { id: target }) if *id == target => {
+        let source = fs::read(end.source).map_err(|e| PortError::Other(Box::new(e)))?;
+        let ours = match &session {
+            Some((id, chunks)) if *id == end.id => {
                 let mut data = Vec::with_capacity(source.len());
                 for (i, (index, chunk)) in chunks.iter().enumerate() {
                     if *index != i as u64 {
@@ -561,7 +561,9 @@ impl RemoteTree for MemoryTree {
                 let have = data.len().min(source.len());
                 data.truncate(have);
                 data.extend_from_slice(&source[have..]);
-                (chunks.len() as u64) >= sent && sha1_bytes(&data) == put.sha1 && data.len() as u64 == put.size
+                // Stricter than the server, which has only the chunks' checksums: the bytes
+                // the chunks hold must be the source's.
+                (chunks.len() as u64) >= sent && data == source && data.len() as u64 == end.size
             }
             _ => false,
         };
@@ -574,7 +576,8 @@ impl RemoteTree for MemoryTree {
             }
         }
         // Either way the bytes are now the source's: commit them as a whole upload would.
-        self.put_file(put).await
+        let sha1 = sha1_bytes(&source);
+        self.put_file(end.as_put(&sha1)).await
     }
 
     async fn abort_stream(&self, stream: &StreamSession) {

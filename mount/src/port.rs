@@ -20,8 +20,11 @@
 //!   (close-to-open consistency). Nothing is visible before that: a file written front
 //!   to back may have had its leading chunks sent while it was written
 //!   ([`RemoteTree::begin_stream`], write-behind), but they become content only through
-//!   [`RemoteTree::finish_stream`], which checks the whole against size and SHA-1.
+//!   [`RemoteTree::finish_stream`], which checks the whole against its size. Such a file
+//!   is not hashed by the mount: the server computes its SHA-1 and each chunk travels
+//!   with a checksum of its own.
 
+use std::io;
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -122,6 +125,36 @@ pub struct PutFile<'a> {
     pub sha1: &'a str,
     /// Modification time to record.
     pub mtime_ms: i64,
+}
+
+/// What [`RemoteTree::finish_stream`] commits: file `id`, complete in `source` (which does
+/// not change during the call). No SHA-1: the implementation learns it from what it
+/// stores, and answers it in the entry.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamEnd<'a> {
+    pub id: i64,
+    pub source: &'a Path,
+    pub size: u64,
+    /// Modification time to record.
+    pub mtime_ms: i64,
+}
+
+impl StreamEnd<'_> {
+    /// The whole-file upload to fall back on: it hashes `source` (on this thread).
+    pub fn hash_for_put(&self) -> io::Result<String> {
+        crate::journal::sha1_file(&mut std::fs::File::open(self.source)?)
+    }
+
+    /// As a [`PutFile`], with its SHA-1.
+    pub fn as_put<'a>(&'a self, sha1: &'a str) -> PutFile<'a> {
+        PutFile {
+            target: PutTarget::Replace { id: self.id },
+            source: self.source,
+            size: self.size,
+            sha1,
+            mtime_ms: self.mtime_ms,
+        }
+    }
 }
 
 /// A write-behind upload in progress: chunks of a file sent while it is still being
@@ -302,14 +335,15 @@ pub trait RemoteTree: Send + Sync + 'static {
         Err(PortError::Unsupported)
     }
 
-    /// Commits `put` (a [`PutTarget::Replace`] of the file the stream was begun for),
-    /// whose chunks `0..sent` went through [`RemoteTree::stream_chunk`] with the bytes
-    /// `put.source` holds now: sends the rest from `put.source` and completes, returning
-    /// only once committed, as `put_file` does. If the chunks sent turn out not to be
-    /// those bytes, or the session was lost, it uploads `put` whole instead.
-    async fn finish_stream(&self, stream: &StreamSession, put: PutFile<'_>, sent: u64) -> Result<Entry, PortError> {
+    /// Commits `end` (the file the stream was begun for), whose chunks `0..sent` went
+    /// through [`RemoteTree::stream_chunk`] with the bytes `end.source` holds now: sends the
+    /// rest from `end.source` and completes, returning only once committed, as `put_file`
+    /// does, with the entry's new SHA-1. If the session was lost or refused, it uploads
+    /// the file whole instead.
+    async fn finish_stream(&self, stream: &StreamSession, end: StreamEnd<'_>, sent: u64) -> Result<Entry, PortError> {
         let _ = (stream, sent);
-        self.put_file(put).await
+        let sha1 = end.hash_for_put().map_err(|e| PortError::Other(Box::new(e)))?;
+        self.put_file(end.as_put(&sha1)).await
     }
 
     /// Abandons a write-behind upload (best effort: an implementation may also let it

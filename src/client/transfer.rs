@@ -535,7 +535,7 @@ async fn send_parts(
                 // (about a third of the upload's time on a fast link).
                 let data = Bytes::from(data);
                 policy
-                    .run("sending a chunk", || client.upload_part(&id, index, data.clone(), None))
+                    .run("sending a chunk", || client.upload_part(&id, index, data.clone()))
                     .await?;
                 if let Some(p) = progress {
                     p.add(len);

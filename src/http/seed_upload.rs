@@ -116,7 +116,7 @@ async fn upload_part(State(st): State<AppState>, req: Request) -> Result<Respons
         .map_err(|_| SeedError::param("index must be an integer"))?;
     check_declared_length(&parts, Some(st.uploads_chunk_limit()))?;
     st.uploads
-        .put_part(&user, &id, index, body.into_data_stream(), p.get("chkhash"))
+        .put_part(&user, &id, index, body.into_data_stream(), p.get("chkhash"), None)
         .await?;
     Ok(ok("OK", Value::Null))
 }

@@ -233,8 +233,9 @@ async fn cancel(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PUT /api/v1/uploads/{id}/parts/{index}`: one chunk as the body; an optional
-/// `X-Chunk-Sha1` header is verified.
+/// `PUT /api/v1/uploads/{id}/parts/{index}`: one chunk as the body; optional
+/// `X-Chunk-Sha1` and `X-Chunk-Crc32` (8 hex digits, CRC-32 as in gzip) headers are
+/// verified before the chunk is recorded.
 async fn part(
     State(st): State<AppState>,
     AuthUser(u): AuthUser,
@@ -248,9 +249,15 @@ async fn part(
         .get("x-chunk-sha1")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let crc = parts
+        .headers
+        .get("x-chunk-crc32")
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("X-Chunk-Crc32 must be 8 hexadecimal digits"))?;
     let received = st
         .uploads
-        .put_part(&u, &id, index, body.into_data_stream(), want.as_deref())
+        .put_part(&u, &id, index, body.into_data_stream(), want.as_deref(), crc.as_deref())
         .await?;
     Ok(Json(json!({ "received": received })))
 }

@@ -29,7 +29,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use filestore_mount::{
-    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamSession,
+    Entry, EntryKind, FsStats, NewAttrs, PortError, PutFile, PutTarget, RemoteTree, RenameMode, SetAttrs, StreamEnd,
+    StreamSession,
 };
 use tracing::{info, warn};
 
@@ -467,25 +468,20 @@ impl RemoteTree for HttpTree {
         let id = stream.id.as_str();
         self.call("sending a chunk", |c| {
             let data = data.clone();
-            async move { c.upload_part(id, index + 1, data, None).await }
+            async move { c.upload_part(id, index + 1, data).await }
         })
         .await
     }
 
-    async fn finish_stream(&self, stream: &StreamSession, put: PutFile<'_>, sent: u64) -> Result<Entry, PortError> {
+    async fn finish_stream(&self, stream: &StreamSession, end: StreamEnd<'_>, sent: u64) -> Result<Entry, PortError> {
         use futures_util::{StreamExt, TryStreamExt};
-        let PutTarget::Replace { .. } = put.target else {
-            return Err(PortError::InvalidArgument(
-                "a write-behind upload replaces a file".into(),
-            ));
-        };
         let cs = stream.chunk_size.max(1);
-        let count = put.size.div_ceil(cs);
+        let count = end.size.div_ceil(cs);
         let id = stream.id.as_str();
         let sent_rest = futures_util::stream::iter(sent..count)
             .map(|index| async move {
-                let (offset, len) = (index * cs, cs.min(put.size - index * cs));
-                let path = put.source.to_path_buf();
+                let (offset, len) = (index * cs, cs.min(end.size - index * cs));
+                let path = end.source.to_path_buf();
                 let data = tokio::task::spawn_blocking(move || {
                     use std::os::unix::fs::FileExt;
                     let mut buf = vec![0u8; len as usize];
@@ -496,7 +492,7 @@ impl RemoteTree for HttpTree {
                 .map_err(|e| ClientError::Protocol(e.to_string()))??;
                 self.call_with(&Retry::within(self.opts.retry_for), "sending a chunk", |c| {
                     let data = data.clone();
-                    async move { c.upload_part(id, index + 1, data, None).await }
+                    async move { c.upload_part(id, index + 1, data).await }
                 })
                 .await
             })
@@ -508,7 +504,9 @@ impl RemoteTree for HttpTree {
                 self.call_with(
                     &Retry::within(self.opts.retry_for),
                     "completing the upload",
-                    |c| async move { c.upload_complete_declared::<RemoteNode>(id, put.sha1, put.size).await },
+                    // No SHA-1: the mount did not hash the file, the server does; each
+                    // chunk went with its CRC-32 (`upload_part`).
+                    |c| async move { c.upload_complete_declared::<RemoteNode>(id, None, end.size).await },
                 )
                 .await
             }
@@ -532,11 +530,16 @@ impl RemoteTree for HttpTree {
                 if status == 409 {
                     let _ = self.current().0.upload_cancel(id).await;
                 }
-                return self.put_file(put).await;
+                let source = end.source.to_path_buf();
+                let (sha1, _) = tokio::task::spawn_blocking(move || crate::blob::hash_file(&source))
+                    .await
+                    .map_err(|e| PortError::Other(e.to_string().into()))?
+                    .map_err(|e| PortError::Other(Box::new(e)))?;
+                return self.put_file(end.as_put(&sha1)).await;
             }
             Err(e) => return Err(port_err(e)),
         };
-        let node = self.fix_attrs(node, None, put.mtime_ms).await?;
+        let node = self.fix_attrs(node, None, end.mtime_ms).await?;
         Ok(self.entry(node))
     }
 

@@ -9,7 +9,10 @@
 //! Recorded chunks are hashed in order while the rest arrive ([`prefix_hash`]); `complete`
 //! waits until no chunk is being written ([`data_file`]), hashes what is left, refuses the
 //! file unless SHA-1 and size are the declared ones, and commits it like a streamed
-//! upload: the file is hard-linked into the store, so its bytes are written once.
+//! upload: the file is hard-linked into the store, so its bytes are written once. An
+//! open-ended session (started without size and SHA-1) may also complete without a SHA-1:
+//! then only the size is checked, and the chunks' own checksums (`X-Chunk-Crc32`, checked
+//! before a chunk is recorded) catch transfer errors without the client hashing the file.
 //!
 //! # What a crash leaves behind
 //! - during a chunk: a partly written range of an unrecorded chunk; the client resends it;
@@ -51,7 +54,7 @@ pub enum UploadError {
     Invalid(String),
     #[error("chunk {index} must be {expected} bytes")]
     ChunkSize { index: i64, expected: i64 },
-    #[error("chunk {0} does not match its SHA-1")]
+    #[error("chunk {0} does not match its SHA-1 or CRC-32")]
     ChunkHash(i64),
     #[error("chunks missing: {0:?}")]
     Incomplete(Vec<i64>),
@@ -218,6 +221,7 @@ impl Uploads {
         index: i64,
         body: S,
         chunk_sha1: Option<&str>,
+        chunk_crc32: Option<&str>,
     ) -> Result<usize>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -249,6 +253,18 @@ impl Uploads {
             Some(_) => return Err(UploadError::Invalid("chkhash must be 40 hexadecimal digits".into())),
             None => None,
         };
+        let want_crc = match chunk_crc32 {
+            Some(h) if h.len() == 8 => Some(
+                u32::from_str_radix(h, 16)
+                    .map_err(|_| UploadError::Invalid("the chunk's CRC-32 must be 8 hexadecimal digits".into()))?,
+            ),
+            Some(_) => {
+                return Err(UploadError::Invalid(
+                    "the chunk's CRC-32 must be 8 hexadecimal digits".into(),
+                ))
+            }
+            None => None,
+        };
         let offset = (index - 1) * s.chunk_size;
         let path = self.data_path(id);
         let file = blocking(move || data_file::lock_chunk(&path, offset as u64, expected as u64))
@@ -265,23 +281,33 @@ impl Uploads {
             return Ok(self.sessions.parts(id).await?.len());
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-        let hash = want_hash.is_some();
+        let (hash, crc) = (want_hash.is_some(), want_crc.is_some());
         // The file is written on a blocking thread, fed through a bounded queue. It comes
         // back with its locks, which are held until the chunk is recorded.
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Option<String>, std::fs::File)> {
+        type Written = (u64, Option<String>, Option<u32>, std::fs::File);
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
             let mut file = file;
             file.seek(SeekFrom::Start(offset as u64))?;
             let mut sha1 = sha1::Sha1::new();
+            let mut crc32 = crc32fast::Hasher::new();
             let mut n = 0u64;
             while let Some(chunk) = rx.blocking_recv() {
                 if hash {
                     sha1.update(&chunk);
                 }
+                if crc {
+                    crc32.update(&chunk);
+                }
                 file.write_all(&chunk)?;
                 n += chunk.len() as u64;
             }
             file.sync_data()?;
-            Ok((n, hash.then(|| hex::encode(sha1.finalize())), file))
+            Ok((
+                n,
+                hash.then(|| hex::encode(sha1.finalize())),
+                crc.then(|| crc32.finalize()),
+                file,
+            ))
         });
         let mut got = 0i64;
         let mut failure = None;
@@ -309,11 +335,11 @@ impl Uploads {
         if let Some(f) = failure {
             return Err(f);
         }
-        let (n, digest, file) = written?;
+        let (n, digest, checksum, file) = written?;
         if !fits(n as i64) {
             return Err(UploadError::ChunkSize { index, expected });
         }
-        if want_hash.is_some() && digest != want_hash {
+        if (want_hash.is_some() && digest != want_hash) || (want_crc.is_some() && checksum != want_crc) {
             return Err(UploadError::ChunkHash(index));
         }
         crate::metrics::add(&crate::metrics::global().bytes_in, n);
@@ -365,7 +391,12 @@ impl Uploads {
             }
             _ => {}
         }
+        // Open-ended and completed without a SHA-1: the bytes received are the file,
+        // whatever their SHA-1 (a client that checksums each chunk instead, like the
+        // mount's write-behind, need not hash the whole file as well).
+        let undeclared = open && s.sha1.is_empty() && declared.is_none();
         match (s.sha1.as_str(), declared) {
+            ("", None) if undeclared => {}
             ("", None) => {
                 return Err(UploadError::Invalid(
                     "this upload was started without a SHA-1: declare it when completing".into(),
@@ -410,7 +441,7 @@ impl Uploads {
             Ok((sha1, size, file))
         })
         .await?;
-        if sha1 != s.sha1 || size as i64 != s.size {
+        if (!undeclared && sha1 != s.sha1) || size as i64 != s.size {
             tracing::info!(upload = id, declared = %s.sha1, actual = %sha1, "refused a chunked upload whose bytes do not match");
             self.discard(id).await?;
             return Err(UploadError::Mismatch);
