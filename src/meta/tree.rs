@@ -828,12 +828,18 @@ mod tests {
         q.fetch_all(&m.pool).await.unwrap().into_iter().map(|r| r.3).collect()
     }
 
-    /// The subtree walk searches children by index, and nothing scans a whole table.
-    #[tokio::test]
-    async fn walking_a_subtree_scans_no_table() {
+    /// A fresh SQLite store (and the directory that holds it) for the plans below.
+    async fn sqlite_store() -> (tempfile::TempDir, MetaStore) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
         let m = MetaStore::connect(&url, 2).await.unwrap();
+        (dir, m)
+    }
+
+    /// The subtree walk searches children by index, and nothing scans a whole table.
+    #[tokio::test]
+    async fn walking_a_subtree_scans_no_table() {
+        let (_dir, m) = sqlite_store().await;
         let steps = plan(&m, SUBTREE_SQL, 3).await;
         assert!(
             !steps
@@ -854,9 +860,7 @@ mod tests {
     /// order (migration 0006).
     #[tokio::test]
     async fn newest_with_content_reads_the_content_index_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
-        let m = MetaStore::connect(&url, 2).await.unwrap();
+        let (_dir, m) = sqlite_store().await;
         let steps = plan(&m, NEWEST_WITH_CONTENT_SQL, 3).await;
         assert!(
             steps
@@ -871,9 +875,7 @@ mod tests {
     /// not a walk of an index holding all of the owner's entries per batch.
     #[tokio::test]
     async fn deleting_entries_looks_them_up_by_primary_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
-        let m = MetaStore::connect(&url, 2).await.unwrap();
+        let (_dir, m) = sqlite_store().await;
         // The owner, then three ids.
         let steps = plan(&m, &delete_entries_sql(3), 4).await;
         assert!(

@@ -77,6 +77,19 @@ pub struct Progress {
     pub received: Vec<i64>,
 }
 
+/// The chunks a session has, from what the session store recorded. A chunk of an
+/// open-ended session shorter than `chunk_size` is recorded twice, as `index` and as
+/// `-index`, so that `complete` can tell a short last chunk from a short one before it
+/// (which would leave a hole that no SHA-1 check catches when none was declared).
+fn received(recorded: &[i64]) -> Vec<i64> {
+    recorded.iter().copied().filter(|&i| i > 0).collect()
+}
+
+/// The short chunks among `recorded` (see [`received`]).
+fn short_chunks(recorded: &[i64]) -> impl Iterator<Item = i64> + '_ {
+    recorded.iter().filter(|&&i| i < 0).map(|&i| -i)
+}
+
 pub struct Uploads {
     drive: Arc<Drive>,
     sessions: Arc<dyn SessionStore>,
@@ -156,7 +169,7 @@ impl Uploads {
         };
         if let Some(s) = resumable {
             if s.target == target && self.data_path(&s.id).is_file() {
-                let received = self.sessions.parts(&s.id).await?;
+                let received = received(&self.sessions.parts(&s.id).await?);
                 return Ok(Progress { session: s, received });
             }
         }
@@ -205,7 +218,7 @@ impl Uploads {
 
     pub async fn status(&self, user: &User, id: &str) -> Result<Progress> {
         let session = self.session(user, id).await?;
-        let received = self.sessions.parts(id).await?;
+        let received = received(&self.sessions.parts(id).await?);
         Ok(Progress { session, received })
     }
 
@@ -278,7 +291,7 @@ impl Uploads {
             if !fits(got) {
                 return Err(UploadError::ChunkSize { index, expected });
             }
-            return Ok(self.sessions.parts(id).await?.len());
+            return Ok(received(&self.sessions.parts(id).await?).len());
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let (hash, crc) = (want_hash.is_some(), want_crc.is_some());
@@ -344,6 +357,12 @@ impl Uploads {
         }
         crate::metrics::add(&crate::metrics::global().bytes_in, n);
         failpoint("uppart.written");
+        // Marked short before it is recorded: a recorded short chunk always has its mark.
+        // (A mark whose chunk was then resent whole makes `complete` refuse the upload;
+        // the client sends the file again.)
+        if open && (n as i64) < s.chunk_size && !self.sessions.record_part(id, -index, self.ttl_ms).await? {
+            return Err(UploadError::NoSession);
+        }
         if !self.sessions.record_part(id, index, self.ttl_ms).await? {
             return Err(UploadError::NoSession);
         }
@@ -354,7 +373,7 @@ impl Uploads {
         };
         self.prefix.recorded(id, layout, index);
         drop(file);
-        Ok(self.sessions.parts(id).await?.len())
+        Ok(received(&self.sessions.parts(id).await?).len())
     }
 
     /// Verifies and commits the upload. `target` overrides the session's destination (the
@@ -418,12 +437,22 @@ impl Uploads {
         let mut file = blocking(move || data_file::lock_exclusive(&p))
             .await?
             .ok_or(UploadError::NoSession)?;
-        let parts = self.sessions.parts(id).await?;
+        let recorded = self.sessions.parts(id).await?;
+        let parts = received(&recorded);
         let missing: Vec<i64> = (1..=s.chunk_count)
             .filter(|i| parts.binary_search(i).is_err())
             .collect();
         if !missing.is_empty() {
             return Err(UploadError::Incomplete(missing));
+        }
+        if let Some(k) = short_chunks(&recorded).find(|&k| k < s.chunk_count) {
+            tracing::info!(
+                upload = id,
+                chunk = k,
+                "refused an upload with a short chunk before its last"
+            );
+            self.discard(id).await?;
+            return Err(UploadError::Mismatch);
         }
         let (prefix, key) = (self.prefix.clone(), id.to_owned());
         let (p, want) = (path.clone(), s.size as u64);
