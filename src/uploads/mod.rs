@@ -16,6 +16,10 @@
 //!
 //! # What a crash leaves behind
 //! - during a chunk: a partly written range of an unrecorded chunk; the client resends it;
+//! - after a short chunk of an open-ended session is marked short and before it is
+//!   recorded: the client resends it; if it resends it whole, the stale mark makes
+//!   `complete` refuse the upload (422) and the client sends the file again (the mount
+//!   does, as a whole upload);
 //! - after the chunk is recorded: nothing to do, a resend is harmless;
 //! - during `complete`, before the commit: the session and its data file, intact; the
 //!   client retries `complete` (the running hash was in memory: the retry hashes the whole
