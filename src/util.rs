@@ -9,6 +9,17 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
+/// A fresh request id: 16 hex digits, a random prefix drawn once per process and a
+/// counter. Unique within a process and (by the prefix) across restarts, and it costs no
+/// system call: `random_hex` per request was 1.4 % of the server's CPU under small GETs.
+pub fn request_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let prefix = PREFIX.get_or_init(|| random_hex(4));
+    format!("{prefix}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
@@ -49,4 +60,16 @@ pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_differ_and_keep_their_shape() {
+        let (a, b) = (super::request_id(), super::request_id());
+        assert_ne!(a, b);
+        assert_eq!((a.len(), b.len()), (16, 16));
+        assert_eq!(a[..8], b[..8], "one prefix per process");
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
 }

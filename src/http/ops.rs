@@ -119,7 +119,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
             !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_string)
-        .unwrap_or_else(|| crate::util::random_hex(8));
+        .unwrap_or_else(crate::util::request_id);
     let route = req
         .extensions()
         .get::<MatchedPath>()
