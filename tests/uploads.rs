@@ -820,6 +820,17 @@ async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
     assert_eq!(part(&id, 1, crc(&chunk(1)), damaged).await, StatusCode::BAD_REQUEST);
     assert_eq!(part(&id, 1, "xyz".into(), chunk(1)).await, StatusCode::BAD_REQUEST);
     assert_eq!(part(&id, 1, "0000000g".into(), chunk(1)).await, StatusCode::BAD_REQUEST);
+    // A sign is not a digit, even where it would parse to the right CRC.
+    let signed = (0u8..=255)
+        .map(|k| {
+            let mut c = chunk(1);
+            c[0] = k;
+            c
+        })
+        .find(|c| crc32fast::hash(c) < 0x1000_0000)
+        .unwrap();
+    let sign = format!("+{}", &crc(&signed)[1..]);
+    assert_eq!(part(&id, 1, sign, signed).await, StatusCode::BAD_REQUEST);
     let (st, v) = v1_complete(&s, &t, &id, Some(json!({"size": data.len()}))).await;
     assert_eq!(st, StatusCode::CONFLICT, "the refused chunk was not recorded: {v}");
     for i in 1..=4 {

@@ -271,10 +271,8 @@ impl Uploads {
             None => None,
         };
         let want_crc = match chunk_crc32 {
-            Some(h) if h.len() == 8 => Some(
-                u32::from_str_radix(h, 16)
-                    .map_err(|_| UploadError::Invalid("the chunk's CRC-32 must be 8 hexadecimal digits".into()))?,
-            ),
+            // Digits only: `from_str_radix` alone would take a leading `+`.
+            Some(h) if h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()) => u32::from_str_radix(h, 16).ok(),
             Some(_) => {
                 return Err(UploadError::Invalid(
                     "the chunk's CRC-32 must be 8 hexadecimal digits".into(),
