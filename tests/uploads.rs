@@ -855,6 +855,15 @@ async fn size_declared_at_complete(backend: Backend, sessions: Sessions) {
     let (st, v) = v1_complete(&s, &t, &id, Some(json!({"size": data.len()}))).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(parts_files(&s), 0);
+    // Nor may the size reach past the bytes of a short last chunk (the file would be padded
+    // with zeros).
+    let id = init().await;
+    for i in 1..=4 {
+        assert_eq!(part(&id, i, crc(&chunk(i)), chunk(i)).await, StatusCode::OK);
+    }
+    let (st, v) = v1_complete(&s, &t, &id, Some(json!({"size": data.len() + 100}))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(parts_files(&s), 0);
     s.stop().await;
 }
 

@@ -17,7 +17,7 @@
 //! # What a crash leaves behind
 //! - during a chunk: a partly written range of an unrecorded chunk; the client resends it;
 //! - after a short chunk of an open-ended session is marked short and before it is
-//!   recorded: the client resends it; if it resends it whole, the stale mark makes
+//!   recorded: the client resends it; if it resends it longer, the stale mark may make
 //!   `complete` refuse the upload (422) and the client sends the file again (the mount
 //!   does, as a whole upload);
 //! - after the chunk is recorded: nothing to do, a resend is harmless;
@@ -82,16 +82,26 @@ pub struct Progress {
 }
 
 /// The chunks a session has, from what the session store recorded. A chunk of an
-/// open-ended session shorter than `chunk_size` is recorded twice, as `index` and as
-/// `-index`, so that `complete` can tell a short last chunk from a short one before it
-/// (which would leave a hole that no SHA-1 check catches when none was declared).
+/// open-ended session shorter than `chunk_size` is recorded twice: as `index`, and as a
+/// negative mark that also holds its length ([`short_mark`]), so that `complete` can tell
+/// whether the declared size ends within the bytes received. Without that, a short chunk
+/// before the last, or a last one shorter than the size needs, would leave zeros in the
+/// file that no SHA-1 check catches when none was declared.
 fn received(recorded: &[i64]) -> Vec<i64> {
     recorded.iter().copied().filter(|&i| i > 0).collect()
 }
 
-/// The short chunks among `recorded` (see [`received`]).
-fn short_chunks(recorded: &[i64]) -> impl Iterator<Item = i64> + '_ {
-    recorded.iter().filter(|&&i| i < 0).map(|&i| -i)
+/// The mark of short chunk `index` of `len` bytes (`len` < `chunk_size` < 2^32).
+fn short_mark(index: i64, len: u64) -> i64 {
+    -((index << 32) | (len as i64 & 0xffff_ffff))
+}
+
+/// The short chunks among `recorded`: (index, length).
+fn short_chunks(recorded: &[i64]) -> impl Iterator<Item = (i64, u64)> + '_ {
+    recorded
+        .iter()
+        .filter(|&&i| i < 0)
+        .map(|&i| (-i >> 32, (-i & 0xffff_ffff) as u64))
 }
 
 pub struct Uploads {
@@ -362,7 +372,10 @@ impl Uploads {
         // Marked short before it is recorded: a recorded short chunk always has its mark.
         // (A mark whose chunk was then resent whole makes `complete` refuse the upload;
         // the client sends the file again.)
-        if open && (n as i64) < s.chunk_size && !self.sessions.record_part(id, -index, self.ttl_ms).await? {
+        if open
+            && (n as i64) < s.chunk_size
+            && !self.sessions.record_part(id, short_mark(index, n), self.ttl_ms).await?
+        {
             return Err(UploadError::NoSession);
         }
         if !self.sessions.record_part(id, index, self.ttl_ms).await? {
@@ -447,11 +460,16 @@ impl Uploads {
         if !missing.is_empty() {
             return Err(UploadError::Incomplete(missing));
         }
-        if let Some(k) = short_chunks(&recorded).find(|&k| k < s.chunk_count) {
+        // Every short chunk must be the last one, holding at least what the size needs of
+        // it (a stale mark, left by a crash before its chunk was recorded, refuses too).
+        let needs = |k: i64| (s.size - (k - 1) * s.chunk_size).max(0) as u64;
+        let short = |&(k, len): &(i64, u64)| k < s.chunk_count || (k == s.chunk_count && len < needs(k));
+        if let Some((k, len)) = short_chunks(&recorded).find(short) {
             tracing::info!(
                 upload = id,
                 chunk = k,
-                "refused an upload with a short chunk before its last"
+                len,
+                "refused an upload with a short chunk where the size needs more"
             );
             self.discard(id).await?;
             return Err(UploadError::Mismatch);
