@@ -1601,8 +1601,8 @@ impl Fs {
         // The task reads the spool through its own descriptor, never under the state lock.
         let Ok(file) = sp.file.try_clone() else { return };
         // The stream's file is not hashed here (see `run_stream`): writes only move `upto`.
-        if sp.running.as_mut().and_then(RunningSha1::detach).is_none() {
-            return;
+        if let Some(r) = sp.running.as_mut() {
+            r.stop_hashing();
         }
         let (cmd, rx) = tokio::sync::watch::channel(StreamCmd::Ready(upto));
         let stream = run_stream(self.port.clone(), id, file, self.cfg.stream_parallel, rx);

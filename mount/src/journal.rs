@@ -339,12 +339,12 @@ pub(crate) fn sha1_file(file: &mut File) -> io::Result<String> {
 /// drop it when bytes below `upto` change (an overwrite, a truncate below `upto`); bytes
 /// past `upto` may change freely (holes, writes out of order): they are read at the end.
 ///
-/// Once a write-behind upload starts, the hashing stops ([`RunningSha1::detach`]): the
+/// Once a write-behind upload starts, the hashing stops ([`RunningSha1::stop_hashing`]): the
 /// server computes the SHA-1 of a streamed file. Writes then only move `upto`, which still
 /// says how far the spool is written front to back.
 #[derive(Clone)]
 pub(crate) struct RunningSha1 {
-    /// `None` once detached.
+    /// `None` once stopped.
     hasher: Option<Sha1>,
     upto: u64,
 }
@@ -369,13 +369,12 @@ impl RunningSha1 {
         offset > self.upto || data.is_empty()
     }
 
-    /// Stops the hashing: the hash of `[0, upto)` so far, and `upto`. `None` if it was
-    /// stopped already.
-    pub(crate) fn detach(&mut self) -> Option<(Sha1, u64)> {
-        Some((self.hasher.take()?, self.upto))
+    /// Stops the hashing for good (a write-behind upload took the file over).
+    pub(crate) fn stop_hashing(&mut self) {
+        self.hasher = None;
     }
 
-    /// Whether it still hashes (not detached).
+    /// Whether it still hashes (not stopped).
     pub(crate) fn is_hashing(&self) -> bool {
         self.hasher.is_some()
     }
@@ -391,7 +390,7 @@ impl RunningSha1 {
     }
 
     /// The SHA-1 of the first `size` bytes of `file`: the running hash plus what lies
-    /// between `upto` and `size`, read from the file; `None` once detached.
+    /// between `upto` and `size`, read from the file; `None` once stopped.
     pub(crate) fn finish(&self, file: &File, size: u64) -> io::Result<Option<String>> {
         let Some(hasher) = &self.hasher else { return Ok(None) };
         let mut hasher = hasher.clone();
