@@ -307,15 +307,25 @@ impl Uploads {
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let (hash, crc) = (want_hash.is_some(), want_crc.is_some());
+        // Kept for the running hash, if there is room, so it need not read them back.
+        let hold = self.prefix.hold(expected as u64);
         // The file is written on a blocking thread, fed through a bounded queue. It comes
         // back with its locks, which are held until the chunk is recorded.
-        type Written = (u64, Option<String>, Option<u32>, std::fs::File);
+        struct Written {
+            n: u64,
+            digest: Option<String>,
+            checksum: Option<u32>,
+            file: std::fs::File,
+            kept: Vec<Bytes>,
+        }
+        let keep = hold.is_some();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
             let mut file = file;
             file.seek(SeekFrom::Start(offset as u64))?;
             let mut sha1 = sha1::Sha1::new();
             let mut crc32 = crc32fast::Hasher::new();
             let mut n = 0u64;
+            let mut kept = Vec::new();
             while let Some(chunk) = rx.blocking_recv() {
                 if hash {
                     sha1.update(&chunk);
@@ -325,14 +335,18 @@ impl Uploads {
                 }
                 file.write_all(&chunk)?;
                 n += chunk.len() as u64;
+                if keep {
+                    kept.push(chunk);
+                }
             }
             file.sync_data()?;
-            Ok((
+            Ok(Written {
                 n,
-                hash.then(|| hex::encode(sha1.finalize())),
-                crc.then(|| crc32.finalize()),
+                digest: hash.then(|| hex::encode(sha1.finalize())),
+                checksum: crc.then(|| crc32.finalize()),
                 file,
-            ))
+                kept,
+            })
         });
         let mut got = 0i64;
         let mut failure = None;
@@ -360,7 +374,13 @@ impl Uploads {
         if let Some(f) = failure {
             return Err(f);
         }
-        let (n, digest, checksum, file) = written?;
+        let Written {
+            n,
+            digest,
+            checksum,
+            file,
+            kept,
+        } = written?;
         if !fits(n as i64) {
             return Err(UploadError::ChunkSize { index, expected });
         }
@@ -386,7 +406,8 @@ impl Uploads {
             chunk_size: s.chunk_size as u64,
             size: (!open).then_some(s.size as u64),
         };
-        self.prefix.recorded(id, layout, index);
+        let held = hold.map(|room| prefix_hash::Held::new(kept, room));
+        self.prefix.recorded(id, layout, index, held);
         drop(file);
         Ok(received(&self.sessions.parts(id).await?).len())
     }

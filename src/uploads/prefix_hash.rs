@@ -11,12 +11,20 @@
 //! it hashes the rest. Chunks recorded by another process (a second gateway, or before a
 //! restart) are not known here: the running hash stops in front of the first one and
 //! `complete` reads the rest from the file.
+//!
+//! A chunk's bytes as received may be held in memory until its turn ([`PrefixHashes::hold`],
+//! bounded by [`MAX_HELD`] over all sessions): it is then hashed from them instead of read
+//! back from the file, which saved a copy of every byte (the read-back was a tenth of the
+//! server's CPU on a large upload, docs/BENCHMARKS.md). Without room, it is read back.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use bytes::Bytes;
 
 use crate::blob::Digests;
 
@@ -24,9 +32,45 @@ use crate::blob::Digests;
 /// that abandoned sessions can hold until the sweep.
 const MAX_TRACKED: usize = 1024;
 
+/// Received bytes held for hashing, over all sessions: a dozen 5 MiB chunks, enough for
+/// the chunks a client has in flight and a few that overtook their predecessor.
+pub const MAX_HELD: u64 = 64 << 20;
+
 #[derive(Default)]
 pub struct PrefixHashes {
     sessions: Mutex<HashMap<String, Arc<Prefix>>>,
+    /// Bytes reserved by [`Held`] chunks now.
+    held: Arc<AtomicU64>,
+}
+
+/// Room for one chunk's bytes in memory, taken before it is received.
+pub struct Hold {
+    bytes: u64,
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A received chunk's bytes, in the pieces the body came in, kept until it is hashed.
+pub struct Held {
+    pieces: Vec<Bytes>,
+    _room: Hold,
+}
+
+impl Held {
+    /// `pieces` must fit in the room `hold` reserved.
+    pub fn new(pieces: Vec<Bytes>, hold: Hold) -> Held {
+        debug_assert!(pieces.iter().map(|b| b.len() as u64).sum::<u64>() <= hold.bytes);
+        Held { pieces, _room: hold }
+    }
+
+    fn len(&self) -> u64 {
+        self.pieces.iter().map(|b| b.len() as u64).sum()
+    }
 }
 
 /// The chunk layout of one session.
@@ -57,6 +101,8 @@ struct State {
     finishing: bool,
     /// Reading failed; `complete` hashes everything itself.
     broken: bool,
+    /// Bytes of waiting chunks, as received.
+    held: HashMap<i64, Held>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,8 +110,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PrefixHashes {
-    /// Chunk `index` of session `id` is on disk and recorded: hash it when its turn comes.
-    pub fn recorded(&self, id: &str, layout: impl FnOnce() -> Layout, index: i64) {
+    /// Reserves room to hold a chunk of up to `bytes` in memory, if there is some.
+    pub fn hold(&self, bytes: u64) -> Option<Hold> {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                (now + bytes <= MAX_HELD).then_some(now + bytes)
+            })
+            .ok()
+            .map(|_| Hold {
+                bytes,
+                held: self.held.clone(),
+            })
+    }
+
+    /// Chunk `index` of session `id` is on disk and recorded: hash it when its turn comes,
+    /// from `bytes` if given (they must be what was written).
+    pub fn recorded(&self, id: &str, layout: impl FnOnce() -> Layout, index: i64, bytes: Option<Held>) {
         let prefix = {
             let mut sessions = lock(&self.sessions);
             if let Some(p) = sessions.get(id) {
@@ -80,6 +140,7 @@ impl PrefixHashes {
                         running: false,
                         finishing: false,
                         broken: false,
+                        held: HashMap::new(),
                     }),
                     idle: Condvar::new(),
                 });
@@ -93,6 +154,9 @@ impl PrefixHashes {
             let mut st = lock(&prefix.state);
             if index >= st.next {
                 st.waiting.insert(index);
+                if let Some(b) = bytes {
+                    st.held.insert(index, b);
+                }
             }
             let go = !st.running && !st.finishing && !st.broken && st.waiting.contains(&st.next);
             st.running |= go;
@@ -115,6 +179,7 @@ impl PrefixHashes {
         while st.running {
             st = prefix.idle.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+        st.held.clear();
         match st.digests.take() {
             Some(d) if !st.broken => d,
             _ => Digests::default(),
@@ -125,7 +190,9 @@ impl PrefixHashes {
     /// after its current chunk.
     pub fn forget(&self, id: &str) {
         if let Some(prefix) = lock(&self.sessions).remove(id) {
-            lock(&prefix.state).finishing = true;
+            let mut st = lock(&prefix.state);
+            st.finishing = true;
+            st.held.clear();
         }
     }
 
@@ -159,7 +226,7 @@ impl Prefix {
     fn run(&self) {
         let mut file = File::open(&self.layout.path);
         loop {
-            let (index, mut digests) = {
+            let (index, mut digests, held) = {
                 let mut st = lock(&self.state);
                 let next = st.next;
                 if st.finishing || st.broken || !st.waiting.remove(&next) {
@@ -167,11 +234,17 @@ impl Prefix {
                     self.idle.notify_all();
                     return;
                 }
-                (next, st.digests.take().expect("digests are home while not running"))
+                let held = st.held.remove(&next);
+                (
+                    next,
+                    st.digests.take().expect("digests are home while not running"),
+                    held,
+                )
             };
-            let hashed = match &mut file {
-                Ok(f) => self.hash_chunk(f, index, &mut digests),
-                Err(_) => Err(std::io::ErrorKind::NotFound.into()),
+            let hashed = match (held, &mut file) {
+                (Some(held), _) => Ok(self.hash_held(held, index, &mut digests)),
+                (None, Ok(f)) => self.hash_chunk(f, index, &mut digests),
+                (None, Err(_)) => Err(std::io::ErrorKind::NotFound.into()),
             };
             let mut st = lock(&self.state);
             st.digests = Some(digests);
@@ -188,6 +261,24 @@ impl Prefix {
                 Err(_) => st.broken = true,
             }
         }
+    }
+
+    /// Hashes chunk `index` from its bytes as received, like [`hash_chunk`](Self::hash_chunk)
+    /// from the file.
+    fn hash_held(&self, held: Held, index: i64, digests: &mut Digests) -> bool {
+        let Layout { chunk_size, size, .. } = self.layout;
+        let offset = (index as u64 - 1) * chunk_size;
+        debug_assert_eq!(offset, digests.size);
+        let whole = chunk_size.min(size.unwrap_or(u64::MAX).saturating_sub(offset));
+        // Short in an open-ended session: maybe the last chunk, which `complete` hashes.
+        // (In a sized one `put_part` recorded only a chunk of the right length.)
+        if held.len() != whole {
+            return false;
+        }
+        for piece in &held.pieces {
+            digests.update(piece);
+        }
+        true
     }
 
     /// Hashes chunk `index`; `Ok(false)` (nothing hashed) for a chunk of an open-ended
@@ -248,7 +339,7 @@ mod tests {
         };
         let p = Arc::new(PrefixHashes::default());
         for index in [2, 4, 1] {
-            p.recorded("s", layout, index);
+            p.recorded("s", layout, index, None);
         }
         // Chunk 3 never arrives here (another gateway took it): the prefix stops at 2.
         let got = settled(&p, "s").await;
@@ -276,17 +367,64 @@ mod tests {
             size: None,
         };
         let p = Arc::new(PrefixHashes::default());
-        p.recorded("s", layout, 1);
-        p.recorded("s", layout, 2);
+        p.recorded("s", layout, 1, None);
+        p.recorded("s", layout, 2, None);
         p.settle("s");
         // Chunk 2 turns out not to be the last: the file grows past it.
         std::fs::write(&path, &data).unwrap();
-        p.recorded("s", layout, 3);
+        p.recorded("s", layout, 3, None);
         let got = settled(&p, "s").await;
         assert_eq!(got.size, 6000);
         let mut f = File::open(&path).unwrap();
         let rest = crate::blob::hash_rest(&mut f, got).unwrap();
         assert_eq!(rest.0, hex::encode(sha1::Sha1::digest(&data)));
+    }
+
+    /// Held chunks are hashed from memory: here the file holds other bytes, so a hash read
+    /// from it would differ. A chunk without room is read back from the file.
+    #[tokio::test]
+    async fn held_chunks_are_hashed_from_their_bytes_and_release_their_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.data");
+        let data: Vec<u8> = (0..9_000u32).map(|i| (i * 11 % 251) as u8).collect();
+        let mut on_disk = vec![0u8; 6000];
+        on_disk.extend_from_slice(&data[6000..]);
+        std::fs::write(&path, &on_disk).unwrap();
+        let layout = || Layout {
+            path: path.clone(),
+            chunk_size: 3000,
+            size: Some(9000),
+        };
+        let p = Arc::new(PrefixHashes::default());
+        let held = |range: std::ops::Range<usize>| {
+            let room = p.hold(3000).expect("room for a chunk");
+            // In two pieces, as a body arrives.
+            let mid = range.start + 1000;
+            let pieces = vec![
+                Bytes::copy_from_slice(&data[range.start..mid]),
+                Bytes::copy_from_slice(&data[mid..range.end]),
+            ];
+            Held::new(pieces, room)
+        };
+        p.recorded("s", layout, 2, Some(held(3000..6000)));
+        assert_eq!(p.held.load(Ordering::Relaxed), 3000);
+        p.recorded("s", layout, 1, Some(held(0..3000)));
+        p.recorded("s", layout, 3, None);
+        let got = settled(&p, "s").await;
+        assert_eq!(got.size, 9000);
+        assert_eq!(finish(got).0, hex::encode(sha1::Sha1::digest(&data)));
+        assert_eq!(p.held.load(Ordering::Relaxed), 0, "hashed chunks give their room back");
+
+        // The room is bounded, and a chunk dropped unhashed (the session forgotten) gives
+        // its room back too.
+        let all = p.hold(MAX_HELD).expect("all the room");
+        assert!(p.hold(1).is_none());
+        drop(all);
+        let room = p.hold(3000).unwrap();
+        p.recorded("t", layout, 2, Some(Held::new(vec![Bytes::from_static(b"x")], room)));
+        assert_eq!(p.held.load(Ordering::Relaxed), 3000);
+        p.forget("t");
+        assert_eq!(p.held.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
@@ -297,8 +435,8 @@ mod tests {
             chunk_size: 10,
             size: Some(20),
         };
-        p.recorded("s", layout, 1);
-        p.recorded("s", layout, 2);
+        p.recorded("s", layout, 1, None);
+        p.recorded("s", layout, 2, None);
         let got = settled(&p, "s").await;
         assert_eq!(got.size, 0);
     }
