@@ -781,7 +781,11 @@ impl Fs {
             if !sp.running.as_ref().is_some_and(|r| r.keeps(size)) {
                 sp.running = (size == 0).then(RunningSha1::new);
             }
-            sp.file.set_len(size)?;
+            if size == 0 {
+                self.journal.empty(of.id, &sp.file)?;
+            } else {
+                sp.file.set_len(size)?;
+            }
             self.follow_stream(of.id, sp);
             sp.size = size;
             self.mark_dirty(&of, sp)?;
@@ -1130,7 +1134,11 @@ impl Fs {
                     // Even an already empty file gets new mtime/ctime from O_TRUNC (POSIX).
                     let sp = st.spool.as_mut().ok_or(FsError::BadHandle)?;
                     sp.running = Some(RunningSha1::new());
-                    sp.file.set_len(0)?;
+                    // A spool made for this open is empty already: no truncation (see
+                    // `Journal::empty`).
+                    if sp.size != 0 || sp.file.metadata()?.len() != 0 {
+                        self.journal.empty(of.id, &sp.file)?;
+                    }
                     self.follow_stream(of.id, sp);
                     sp.size = 0;
                     self.mark_dirty(&of, sp)?;
