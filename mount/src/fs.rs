@@ -1583,6 +1583,29 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
+    /// After an unprivileged write through a direct-I/O handle (`FUSE_WRITE_KILL_SUIDGID`):
+    /// clears set-user-ID, and set-group-ID where group execute is set, as a write by
+    /// such a user does on a local file system. (For writes through the page cache the
+    /// kernel sends that change as a setattr itself.)
+    pub async fn kill_suid(&self, fh: u64) -> Result<()> {
+        let h = self.file_handle(fh)?;
+        let mode = lock(&h.file.shadow).entry.mode;
+        let kill = libc::S_ISUID | if mode & libc::S_IXGRP != 0 { libc::S_ISGID } else { 0 };
+        if mode & kill == 0 {
+            return Ok(());
+        }
+        let sa = SetAttrs {
+            mode: Some(mode & 0o7777 & !kill),
+            ..Default::default()
+        };
+        let asked = Instant::now();
+        let e = self.port.set_attrs(h.file.id, sa).await?;
+        self.dirs.put(&e);
+        self.dir_attrs.read(&e, asked);
+        lock(&h.file.shadow).entry.mode = e.mode;
+        Ok(())
+    }
+
     /// Keeps the write-behind upload of `sp` in step with its running hash: starts one once
     /// the bytes written front to back reach `stream_min`, announces newly final bytes,
     /// and abandons it when bytes it may have sent are no longer final.

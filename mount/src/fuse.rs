@@ -126,12 +126,25 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn fopen(keep_cache: bool) -> FopenFlags {
+fn fopen(keep_cache: bool, direct: bool) -> FopenFlags {
+    let mut f = FopenFlags::empty();
     if keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
-    } else {
-        FopenFlags::empty()
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
+    if direct {
+        f |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    f
+}
+
+/// Opened for writing only: its writes bypass the kernel's page cache (`FOPEN_DIRECT_IO`),
+/// since nothing can read or map the file through this handle. Copying each write into
+/// pages first, and keeping them, cost the writer as much as the mount's spool write on
+/// a large file (docs/BENCHMARKS.md). The kernel still drops cached pages of the range
+/// written, so other handles' reads stay consistent; set-user-ID is cleared by the mount
+/// (`Fs::kill_suid`).
+fn write_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_WRONLY
 }
 
 impl Filesystem for FuseFs {
@@ -319,7 +332,7 @@ impl Filesystem for FuseFs {
                 let _ = self.run(self.fs.release(o.fh));
                 reply.error(Errno::ETXTBSY)
             }
-            _ => reply.opened(FileHandle(o.fh), fopen(o.keep_cache)),
+            _ => reply.opened(FileHandle(o.fh), fopen(o.keep_cache, write_only(flags.0))),
         }
     }
 
@@ -349,12 +362,21 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run(self.fs.write(fh.0, offset, data)) {
+        // Set on direct-I/O writes by a caller without CAP_FSETID (see `write_only`).
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let write = async {
+            let n = self.fs.write(fh.0, offset, data).await?;
+            if kill {
+                self.fs.kill_suid(fh.0).await?;
+            }
+            Ok(n)
+        };
+        match self.run(write) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
@@ -531,7 +553,7 @@ impl Filesystem for FuseFs {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(o.fh),
-                    fopen(o.keep_cache),
+                    fopen(o.keep_cache, write_only(flags)),
                 )
             }
             Err(e) => reply.error(e),
