@@ -566,6 +566,26 @@ fn every_operation(backend: Backend) {
         "a rewrite keeps the inode"
     );
 
+    // A write-only handle writes around the page cache (FOPEN_DIRECT_IO): a handle that
+    // read, and so cached, the file before still reads what it wrote.
+    let reader = File::open(p("docs/a.txt")).unwrap();
+    let mut seen = Vec::new();
+    (&reader).read_to_end(&mut seen).unwrap();
+    assert_eq!(seen, b"Jello world");
+    let writer = OpenOptions::new().write(true).open(p("docs/a.txt")).unwrap();
+    writer.write_at(b"Y", 0).unwrap();
+    let mut first = [0u8; 5];
+    reader.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(&first, b"Yello", "a cached reader reads a direct write");
+    drop(writer);
+    assert_eq!(api.bytes("/docs/a.txt"), b"Yello world");
+    drop(reader);
+    // Back as it was, for what follows.
+    let writer = OpenOptions::new().write(true).open(p("docs/a.txt")).unwrap();
+    writer.write_at(b"J", 0).unwrap();
+    drop(writer);
+    assert_eq!(api.bytes("/docs/a.txt"), b"Jello world");
+
     // setattr: mode, truncate (ftruncate and truncate(2)), times.
     fs::set_permissions(p("docs/a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(
