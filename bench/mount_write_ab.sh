@@ -11,6 +11,9 @@
 #        BENCH_TMPDIR   where data dirs go (default /var/tmp; a real disk)
 #        BENCH_PERF     a path prefix: `perf record -g` of the mount process of each pass
 #                       into PREFIX-<round>-<A|B>.data
+#        BENCH_IDLE     seconds to wait before each write (default 0): on a VM that hands
+#                       freed memory back to its host, memory freed by the previous pass is
+#                       fast to reuse at once and slow once handed back (docs/BENCHMARKS.md)
 # Needs root, /dev/fuse and fusermount3. Run it under `flock -x /tmp/filestore-bench.lock`.
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
@@ -25,6 +28,7 @@ head -c $((1 << 30)) /dev/urandom >"$SRC"
 pass() {  # pass BIN PERF_OUT
   local bin=$1 perf_out=$2 pp=
   ab_start "$bin" "$PORT" --disk-cache 4GiB
+  sleep "${BENCH_IDLE:-0}"
   if [ -n "$perf_out" ]; then
     perf record -F 2000 -g -o "$perf_out" -p "$AB_MOUNT" >/dev/null 2>&1 &
     pp=$!
