@@ -193,6 +193,11 @@ pub struct Opened {
     /// A read-only handle of a content in the disk cache: that file (which the kernel may
     /// read itself, see `passthrough`) and the content's SHA-1.
     pub cached: Option<(Arc<File>, String)>,
+    /// Opened for writing only: its writes bypass the kernel's page cache
+    /// (`FOPEN_DIRECT_IO`), since nothing can read or map the file through it. Copying
+    /// each write into pages first, and keeping them, cost the writer as much as the
+    /// spool write on a large file (docs/BENCHMARKS.md).
+    pub direct: bool,
 }
 
 /// statfs(2) figures.
@@ -225,6 +230,10 @@ struct Spool {
     stream: Option<Stream>,
     /// The SHA-1 the port committed for these bytes, while they are unchanged since.
     committed: Option<String>,
+    /// Written through a direct-I/O handle: the kernel's pages of the file may not hold
+    /// what it wrote (it drops those of each range written, but a read racing the write
+    /// can cache the old bytes again), so they are not kept across opens any more.
+    bypassed: bool,
 }
 
 /// What a write-behind task is told: how many leading bytes of the spool are final (sent
@@ -394,6 +403,8 @@ struct FileHandle {
     file: Arc<OpenFile>,
     writable: bool,
     append: bool,
+    /// See [`Opened::direct`].
+    direct: bool,
     ra: Mutex<ReadAhead>,
     /// The content, whole in the disk cache when this read-only handle was opened.
     disk: Option<Arc<File>>,
@@ -1149,15 +1160,15 @@ impl Fs {
                 self.ensure_spool(&of, &mut st, None).await?;
             }
             // The kernel's cached pages are still right if it cached this same content,
-            // or if a spool (whose writes went through the page cache) is in use.
-            let keep_cache = st.spool.is_some() || {
+            // or if a spool whose writes all went through the page cache is in use.
+            let keep_cache = st.spool.as_ref().map(|sp| !sp.bypassed).unwrap_or_else(|| {
                 let mut kept = lock(&self.kept);
                 let same = sha1.is_some() && kept.get(&of.id) == sha1.as_ref();
                 if let Some(s) = &sha1 {
                     kept.put(of.id, s.clone());
                 }
                 same
-            };
+            });
             // The first read of a file follows its open: its first block is fetched now,
             // while the kernel answers the open and sends the read, which then waits for
             // this fetch instead of starting its own (a round trip less per small file,
@@ -1174,10 +1185,12 @@ impl Fs {
         match res {
             Ok((keep_cache, disk)) => {
                 let cached = disk.clone().zip(sha1);
+                let direct = flags & libc::O_ACCMODE == libc::O_WRONLY;
                 let h = FileHandle {
                     file: of,
                     writable,
                     append: flags & libc::O_APPEND != 0,
+                    direct,
                     ra: Mutex::new(ReadAhead::new(self.cfg.read_ahead_max)),
                     disk,
                     fill: Mutex::new(None),
@@ -1186,6 +1199,7 @@ impl Fs {
                     fh: self.insert_handle(Handle::File(Arc::new(h))),
                     keep_cache,
                     cached,
+                    direct,
                 })
             }
             Err(err) => {
@@ -1242,6 +1256,7 @@ impl Fs {
                     running: None,
                     stream: None,
                     committed: None,
+                    bypassed: false,
                 });
                 let mut sh = lock(&of.shadow);
                 sh.spool_size = Some(size);
@@ -1285,6 +1300,7 @@ impl Fs {
                     running: Some(running),
                     stream: None,
                     committed: None,
+                    bypassed: false,
                 });
                 lock(&of.shadow).spool_size = Some(copy);
                 Ok(())
@@ -1393,8 +1409,16 @@ impl Fs {
                 debug!(id = of.id, size = sp.size, sha1 = e.sha1.as_deref(), "committed");
                 self.dirs.put(&e);
                 sp.committed = e.sha1.clone();
-                if let Some(sha1) = e.sha1.clone() {
-                    lock(&self.kept).put(of.id, sha1);
+                match e.sha1.clone() {
+                    // The kernel's pages may miss some of a direct write: the next open
+                    // drops them.
+                    _ if sp.bypassed => {
+                        lock(&self.kept).pop(&of.id);
+                    }
+                    Some(sha1) => {
+                        lock(&self.kept).put(of.id, sha1);
+                    }
+                    None => {}
                 }
                 let mut sh = lock(&of.shadow);
                 sh.entry = e;
@@ -1574,6 +1598,7 @@ impl Fs {
         if sp.running.as_mut().is_some_and(|r| !r.write(offset, data)) {
             sp.running = None;
         }
+        sp.bypassed |= h.direct;
         sp.file.write_all_at(data, offset)?;
         // Announced once written. A stream whose bytes this changed may have read some of
         // them: it is abandoned here, under the state lock, so no commit can complete it.
@@ -1583,14 +1608,23 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
-    /// After an unprivileged write through a direct-I/O handle (`FUSE_WRITE_KILL_SUIDGID`):
-    /// clears set-user-ID, and set-group-ID where group execute is set, as a write by
-    /// such a user does on a local file system. (For writes through the page cache the
-    /// kernel sends that change as a setattr itself.)
+    /// Before an unprivileged write through a direct-I/O handle (`FUSE_WRITE_KILL_SUIDGID`):
+    /// clears set-user-ID, and set-group-ID where group execute is set, as such a write
+    /// does on a local file system; if that fails, so does the write, and nothing is
+    /// written. (For writes through the page cache the kernel sends a setattr itself.)
+    /// The mode changed is the port's current one, not the handle's: a chmod made since
+    /// the open (here or elsewhere) is kept. One made between that read and this change
+    /// is lost, as with two chmods at once.
     pub async fn kill_suid(&self, fh: u64) -> Result<()> {
         let h = self.file_handle(fh)?;
-        let mode = lock(&h.file.shadow).entry.mode;
-        let kill = libc::S_ISUID | if mode & libc::S_IXGRP != 0 { libc::S_ISGID } else { 0 };
+        let set_id = |mode: u32| libc::S_ISUID | if mode & libc::S_IXGRP != 0 { libc::S_ISGID } else { 0 };
+        // Most files have neither bit: no request then.
+        let shown = lock(&h.file.shadow).entry.mode;
+        if shown & set_id(shown) == 0 {
+            return Ok(());
+        }
+        let mode = self.port.get(h.file.id).await?.mode;
+        let kill = set_id(mode);
         if mode & kill == 0 {
             return Ok(());
         }

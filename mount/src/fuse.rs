@@ -137,16 +137,6 @@ fn fopen(keep_cache: bool, direct: bool) -> FopenFlags {
     f
 }
 
-/// Opened for writing only: its writes bypass the kernel's page cache (`FOPEN_DIRECT_IO`),
-/// since nothing can read or map the file through this handle. Copying each write into
-/// pages first, and keeping them, cost the writer as much as the mount's spool write on
-/// a large file (docs/BENCHMARKS.md). The kernel still drops cached pages of the range
-/// written, so other handles' reads stay consistent; set-user-ID is cleared by the mount
-/// (`Fs::kill_suid`).
-fn write_only(flags: i32) -> bool {
-    flags & libc::O_ACCMODE == libc::O_WRONLY
-}
-
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with open(), so a truncating open needs no separate commit of
@@ -332,7 +322,7 @@ impl Filesystem for FuseFs {
                 let _ = self.run(self.fs.release(o.fh));
                 reply.error(Errno::ETXTBSY)
             }
-            _ => reply.opened(FileHandle(o.fh), fopen(o.keep_cache, write_only(flags.0))),
+            _ => reply.opened(FileHandle(o.fh), fopen(o.keep_cache, o.direct)),
         }
     }
 
@@ -367,14 +357,13 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // Set on direct-I/O writes by a caller without CAP_FSETID (see `write_only`).
+        // Set on direct-I/O writes by a caller without CAP_FSETID (`Opened::direct`).
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let write = async {
-            let n = self.fs.write(fh.0, offset, data).await?;
             if kill {
                 self.fs.kill_suid(fh.0).await?;
             }
-            Ok(n)
+            self.fs.write(fh.0, offset, data).await
         };
         match self.run(write) {
             Ok(n) => reply.written(n),
@@ -553,7 +542,7 @@ impl Filesystem for FuseFs {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(o.fh),
-                    fopen(o.keep_cache, write_only(flags)),
+                    fopen(o.keep_cache, o.direct),
                 )
             }
             Err(e) => reply.error(e),

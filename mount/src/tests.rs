@@ -633,19 +633,19 @@ fn tree_times(t: &MemoryTree, name: &str) -> (std::time::SystemTime, std::time::
 }
 
 /// A write by a caller without CAP_FSETID through a direct-I/O handle: set-user-ID goes,
-/// set-group-ID only where group execute is set.
+/// set-group-ID only where group execute is set, and a chmod made since the open counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unprivileged_writes_clear_set_id_bits() {
     let dir = tempfile::tempdir().unwrap();
-    let (_tree, fs) = setup(dir.path());
+    let (tree, fs) = setup(dir.path());
     for (mode, after) in [(0o4755, 0o755), (0o6755, 0o755), (0o2745, 0o2745), (0o644, 0o644)] {
         let name = format!("f{mode:o}");
         let (attr, o) = fs
             .create(ROOT_INO, OsStr::new(&name), mode, libc::O_WRONLY, ME)
             .await
             .unwrap();
-        fs.write(o.fh, 0, b"x").await.unwrap();
         fs.kill_suid(o.fh).await.unwrap();
+        fs.write(o.fh, 0, b"x").await.unwrap();
         assert_eq!(
             u32::from(fs.getattr(attr.ino).await.unwrap().perm) & 0o7777,
             after,
@@ -655,4 +655,19 @@ async fn unprivileged_writes_clear_set_id_bits() {
         let again = fs.lookup(ROOT_INO, OsStr::new(&name)).await.unwrap();
         assert_eq!(u32::from(again.perm) & 0o7777, after, "mode {mode:o} after close");
     }
+    // chmod by another client while the handle is open: the handle's mode is stale.
+    let (_, o) = fs
+        .create(ROOT_INO, OsStr::new("g"), 0o4755, libc::O_WRONLY, ME)
+        .await
+        .unwrap();
+    fs.flush(o.fh).await.unwrap();
+    let id = tree.lookup(tree.root_id(), "g").await.unwrap().id;
+    let chmod = crate::port::SetAttrs {
+        mode: Some(0o4700),
+        ..Default::default()
+    };
+    tree.set_attrs(id, chmod).await.unwrap();
+    fs.kill_suid(o.fh).await.unwrap();
+    fs.release(o.fh).await.unwrap();
+    assert_eq!(tree.get(id).await.unwrap().mode & 0o7777, 0o700);
 }

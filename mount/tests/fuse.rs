@@ -205,7 +205,17 @@ fn read_from_start(mut f: &File) -> Vec<u8> {
 fn cached_reads_do_not_refetch() {
     let m = TestMount::new();
     let data = pattern(4 << 20);
-    fs::write(m.path("big"), &data).unwrap();
+    // Through a read-write handle, so through the page cache (a write-only one bypasses
+    // it: `write_only_handles_bypass_the_page_cache`).
+    let mut w = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("big"))
+        .unwrap();
+    w.write_all(&data).unwrap();
+    drop(w);
     // close(2) returns after FLUSH (the upload), but the kernel sends RELEASE on its own
     // time; until it lands the writer's spool still serves reads, and no fetch would be
     // counted below. The spool file goes away with the last reference.
@@ -239,6 +249,28 @@ fn cached_reads_do_not_refetch() {
         first,
         "cached reads must not reach the port"
     );
+}
+
+/// A write-only handle writes around the page cache (`FOPEN_DIRECT_IO`): after it, the
+/// file's first read comes from the mount, and what that read cached serves the next.
+#[test]
+fn write_only_handles_bypass_the_page_cache() {
+    let m = TestMount::new();
+    let data = pattern(1 << 20);
+    fs::write(m.path("w"), &data).unwrap();
+    wait_until("the writer's release", Duration::from_secs(10), || {
+        no_spool_data(&m.spool)
+    });
+    let before = m.tree.read_calls();
+    let f = File::open(m.path("w")).unwrap();
+    assert_eq!(read_from_start(&f), data);
+    let first = m.tree.read_calls();
+    assert!(
+        first > before,
+        "no page of a direct write was cached, so the mount read it"
+    );
+    assert_eq!(read_from_start(&f), data);
+    assert_eq!(m.tree.read_calls(), first, "the first read's pages serve the second");
 }
 
 #[test]

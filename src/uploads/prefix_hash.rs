@@ -13,9 +13,12 @@
 //! `complete` reads the rest from the file.
 //!
 //! A chunk's bytes as received may be held in memory until its turn ([`PrefixHashes::hold`],
-//! bounded by [`MAX_HELD`] over all sessions): it is then hashed from them instead of read
-//! back from the file, which saved a copy of every byte (the read-back was a tenth of the
-//! server's CPU on a large upload, docs/BENCHMARKS.md). Without room, it is read back.
+//! bounded by [`MAX_HELD`] over all sessions, and only for chunks at most [`HOLD_AHEAD`]
+//! past the next one to hash): it is then hashed from them instead of read back from the
+//! file, which saved a copy of every byte (the read-back was a sixth of the server's CPU on
+//! a large upload, docs/BENCHMARKS.md). Without room, it is read back. Held bytes that
+//! never get their turn (the chunk before them went elsewhere) are dropped at `complete`,
+//! cancel or the sweep.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -36,11 +39,14 @@ const MAX_TRACKED: usize = 1024;
 /// the chunks a client has in flight and a few that overtook their predecessor.
 pub const MAX_HELD: u64 = 64 << 20;
 
+/// How far ahead of the next chunk to hash a chunk's bytes are held.
+const HOLD_AHEAD: i64 = 8;
+
 #[derive(Default)]
 pub struct PrefixHashes {
     sessions: Mutex<HashMap<String, Arc<Prefix>>>,
     /// Bytes reserved by [`Held`] chunks now.
-    held: Arc<AtomicU64>,
+    held_bytes: Arc<AtomicU64>,
 }
 
 /// Room for one chunk's bytes in memory, taken before it is received.
@@ -112,14 +118,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PrefixHashes {
     /// Reserves room to hold a chunk of up to `bytes` in memory, if there is some.
     pub fn hold(&self, bytes: u64) -> Option<Hold> {
-        self.held
+        self.held_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
                 (now + bytes <= MAX_HELD).then_some(now + bytes)
             })
             .ok()
             .map(|_| Hold {
                 bytes,
-                held: self.held.clone(),
+                held: self.held_bytes.clone(),
             })
     }
 
@@ -154,7 +160,10 @@ impl PrefixHashes {
             let mut st = lock(&prefix.state);
             if index >= st.next {
                 st.waiting.insert(index);
-                if let Some(b) = bytes {
+                // Only near its turn: a chunk far ahead may wait behind one that never
+                // comes here (another gateway took it) until `complete`, and would keep
+                // its room from other sessions all that time. It is read back instead.
+                if let Some(b) = bytes.filter(|_| !st.broken && index < st.next + HOLD_AHEAD) {
                     st.held.insert(index, b);
                 }
             }
@@ -258,7 +267,10 @@ impl Prefix {
                     self.idle.notify_all();
                     return;
                 }
-                Err(_) => st.broken = true,
+                Err(_) => {
+                    st.broken = true;
+                    st.held.clear();
+                }
             }
         }
     }
@@ -407,13 +419,17 @@ mod tests {
             Held::new(pieces, room)
         };
         p.recorded("s", layout, 2, Some(held(3000..6000)));
-        assert_eq!(p.held.load(Ordering::Relaxed), 3000);
+        assert_eq!(p.held_bytes.load(Ordering::Relaxed), 3000);
         p.recorded("s", layout, 1, Some(held(0..3000)));
         p.recorded("s", layout, 3, None);
         let got = settled(&p, "s").await;
         assert_eq!(got.size, 9000);
         assert_eq!(finish(got).0, hex::encode(sha1::Sha1::digest(&data)));
-        assert_eq!(p.held.load(Ordering::Relaxed), 0, "hashed chunks give their room back");
+        assert_eq!(
+            p.held_bytes.load(Ordering::Relaxed),
+            0,
+            "hashed chunks give their room back"
+        );
 
         // The room is bounded, and a chunk dropped unhashed (the session forgotten) gives
         // its room back too.
@@ -422,9 +438,18 @@ mod tests {
         drop(all);
         let room = p.hold(3000).unwrap();
         p.recorded("t", layout, 2, Some(Held::new(vec![Bytes::from_static(b"x")], room)));
-        assert_eq!(p.held.load(Ordering::Relaxed), 3000);
+        assert_eq!(p.held_bytes.load(Ordering::Relaxed), 3000);
         p.forget("t");
-        assert_eq!(p.held.load(Ordering::Relaxed), 0);
+        assert_eq!(p.held_bytes.load(Ordering::Relaxed), 0);
+        // A chunk far past the next one to hash is not held: its room comes back at once.
+        let room = p.hold(3000).unwrap();
+        p.recorded(
+            "u",
+            layout,
+            1 + HOLD_AHEAD,
+            Some(Held::new(vec![Bytes::from_static(b"x")], room)),
+        );
+        assert_eq!(p.held_bytes.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
