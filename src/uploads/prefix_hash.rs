@@ -337,13 +337,24 @@ mod tests {
         .unwrap()
     }
 
+    /// `n` bytes of a pattern set by `k`.
+    fn pattern(n: u32, k: u32) -> Vec<u8> {
+        (0..n).map(|i| (i * k % 251) as u8).collect()
+    }
+
+    /// A data file holding `bytes`, in a directory that lives as long as the first value.
+    fn data_file(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.data");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
     /// Runs on a current-thread runtime only to have `spawn_blocking`.
     #[tokio::test]
     async fn chunks_recorded_out_of_order_are_hashed_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.data");
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let data = pattern(10_000, 7);
+        let (_dir, path) = data_file(&data);
         let layout = || Layout {
             path: path.clone(),
             chunk_size: 3000,
@@ -369,10 +380,8 @@ mod tests {
     /// the prefix stops in front of it, and goes on once the file shows it whole.
     #[tokio::test]
     async fn an_open_ended_session_hashes_whole_chunks_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.data");
-        let data: Vec<u8> = (0..7_000u32).map(|i| (i * 13 % 251) as u8).collect();
-        std::fs::write(&path, &data[..4500]).unwrap();
+        let data = pattern(7_000, 13);
+        let (_dir, path) = data_file(&data[..4500]);
         let layout = || Layout {
             path: path.clone(),
             chunk_size: 3000,
@@ -396,12 +405,10 @@ mod tests {
     /// from it would differ. A chunk without room is read back from the file.
     #[tokio::test]
     async fn held_chunks_are_hashed_from_their_bytes_and_release_their_room() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.data");
-        let data: Vec<u8> = (0..9_000u32).map(|i| (i * 11 % 251) as u8).collect();
+        let data = pattern(9_000, 11);
         let mut on_disk = vec![0u8; 6000];
         on_disk.extend_from_slice(&data[6000..]);
-        std::fs::write(&path, &on_disk).unwrap();
+        let (_dir, path) = data_file(&on_disk);
         let layout = || Layout {
             path: path.clone(),
             chunk_size: 3000,
