@@ -350,16 +350,21 @@ mod tests {
         (dir, path)
     }
 
+    /// The layout of a test session: chunks of 3000 bytes in `path`.
+    fn layout_of(path: &std::path::Path, size: Option<u64>) -> impl Fn() -> Layout + Copy + '_ {
+        move || Layout {
+            path: path.to_path_buf(),
+            chunk_size: 3000,
+            size,
+        }
+    }
+
     /// Runs on a current-thread runtime only to have `spawn_blocking`.
     #[tokio::test]
     async fn chunks_recorded_out_of_order_are_hashed_in_order() {
         let data = pattern(10_000, 7);
         let (_dir, path) = data_file(&data);
-        let layout = || Layout {
-            path: path.clone(),
-            chunk_size: 3000,
-            size: Some(10_000),
-        };
+        let layout = layout_of(&path, Some(10_000));
         let p = Arc::new(PrefixHashes::default());
         for index in [2, 4, 1] {
             p.recorded("s", layout, index, None);
@@ -382,11 +387,7 @@ mod tests {
     async fn an_open_ended_session_hashes_whole_chunks_only() {
         let data = pattern(7_000, 13);
         let (_dir, path) = data_file(&data[..4500]);
-        let layout = || Layout {
-            path: path.clone(),
-            chunk_size: 3000,
-            size: None,
-        };
+        let layout = layout_of(&path, None);
         let p = Arc::new(PrefixHashes::default());
         p.recorded("s", layout, 1, None);
         p.recorded("s", layout, 2, None);
@@ -409,11 +410,7 @@ mod tests {
         let mut on_disk = vec![0u8; 6000];
         on_disk.extend_from_slice(&data[6000..]);
         let (_dir, path) = data_file(&on_disk);
-        let layout = || Layout {
-            path: path.clone(),
-            chunk_size: 3000,
-            size: Some(9000),
-        };
+        let layout = layout_of(&path, Some(9000));
         let p = Arc::new(PrefixHashes::default());
         let held = |range: std::ops::Range<usize>| {
             let room = p.hold(3000).expect("room for a chunk");
